@@ -59,8 +59,9 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
         import pybind11
 
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()
         build_dir = Path(self.build_temp).resolve() / ext.name
+        out_dir = build_dir / "lib"
         build_dir.mkdir(parents=True, exist_ok=True)
         cuda = _want_cuda()
         config = "Debug" if os.environ.get("KDI_FAST_DEBUG") == "1" else "Release"
@@ -82,6 +83,12 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "-S", ext.source_dir, "-B", str(build_dir), *args], check=True)
         jobs = str(os.cpu_count() or 2)
         subprocess.run(["cmake", "--build", str(build_dir), "--config", config, "--parallel", jobs], check=True)
+        # Copy, then rename: a running process importing kdi_fast._C never sees a half-written module.
+        built = next(out_dir.glob("_C*" + Path(target).suffix))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(built, partial)
+        os.replace(partial, target)
 
 
 setup(
