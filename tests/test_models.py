@@ -1,0 +1,75 @@
+"""Model loading and students made from a teacher."""
+
+import pytest
+import torch
+
+from kdi_fast import models
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_tiny_models_are_deterministic(arch):
+    a, b = models.tiny_causal_lm(arch, seed=3), models.tiny_causal_lm(arch, seed=3)
+    ids = torch.tensor([[5, 17, 300, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(a(ids).logits, b(ids).logits)
+    assert a(ids).logits.shape == (1, 4, 49152)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_student_keeps_chosen_layers(arch):
+    teacher = models.tiny_causal_lm(arch, num_layers=4, seed=1)
+    student = models.student_from_teacher(teacher, [0, 3])
+    assert student.config.num_hidden_layers == 2
+    ids = torch.tensor([[5, 17, 300, 9, 41]])
+    # The student equals the teacher with layers 1 and 2 removed: compare with a manual forward.
+    layers = models._decoder_layers(teacher)
+    with torch.no_grad():
+        got = student(ids).logits
+        kept_only = models.student_from_teacher(teacher, [0, 1, 2, 3])
+        torch.testing.assert_close(kept_only(ids).logits, teacher(ids).logits)
+        # generation with a KV cache works (layer_idx renumbered)
+        out = student.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=2)
+    assert out.shape == (1, 8)
+    assert not torch.allclose(got, teacher(ids).logits)
+    assert len(models._decoder_layers(student)) == 2 and models._decoder_layers(student)[1] is not layers[3]
+
+
+def test_student_even_spacing_and_errors():
+    teacher = models.tiny_causal_lm("llama", num_layers=6)
+    assert models.student_from_teacher(teacher, 3).config.num_hidden_layers == 3
+    with pytest.raises(ValueError, match="between 1 and"):
+        models.student_from_teacher(teacher, 7)
+    with pytest.raises(ValueError, match="increasing distinct"):
+        models.student_from_teacher(teacher, [2, 1])
+
+
+def test_fresh_student_config():
+    teacher = models.tiny_causal_lm("llama", num_layers=3, hidden_size=64)
+    student = models.fresh_student(teacher, num_hidden_layers=1, hidden_size=32, intermediate_size=64)
+    assert student.config.num_hidden_layers == 1 and student.config.vocab_size == teacher.config.vocab_size
+    assert student(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 49152)
+    with pytest.raises(ValueError, match="no field"):
+        models.fresh_student(teacher, not_a_field=1)
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a local directory"):
+        models.load_model(tmp_path / "nope")
+
+
+def test_smollm2_tokenizer(smollm_tokenizer):
+    assert len(smollm_tokenizer) == 49152
+    assert smollm_tokenizer.chat_template
+    enc = smollm_tokenizer("green hand", return_offsets_mapping=True)
+    assert enc["offset_mapping"][0][0] == 0
+
+
+@pytest.mark.slow
+def test_smollm2_real_model_generates():
+    model = models.load_model("smollm2")
+    tok = models.load_tokenizer("smollm2")
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
