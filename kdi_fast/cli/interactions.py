@@ -1,0 +1,192 @@
+"""`kdi interactions`: the interactions of a causal LM on a data set of prompts, one result file per prompt.
+
+    kdi interactions --data prompts.jsonl --n 10 --out runs/demo          # SmolLM2-135M-Instruct by default
+    kdi interactions --model path/to/hf_model --data prompts.txt --out runs/student --like runs/teacher
+    torchrun --nproc_per_node 2 -m kdi_fast interactions --out runs/demo    # data parallel over prompts
+
+A killed run restarts where it stopped when run again with the same --out (see kdi_fast.engine.runner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "interactions", help="interactions of a causal LM on a prompt data set (resumable, data parallel)",
+        description="Compute v(x_T) on all 2^n masked inputs and the Harsanyi interactions I_S for every prompt "
+                    "of a data set; write OUT/<id>.safetensors (+ .json) per prompt and OUT/summary.json. "
+                    "Run it again with the same --out to resume. Under torchrun each rank takes a shard.")
+    p.add_argument("--model", default="smollm2",
+                   help="a local Hugging Face model directory, or 'smollm2' for SmolLM2-135M-Instruct (default)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    p.add_argument("--data", default="builtin",
+                   help="prompt file: .jsonl with a \"prompt\" (optional \"target\", \"players\", \"id\") per "
+                        "line, or plain text with one prompt per line; 'builtin' (default) = 40 packaged prompts")
+    p.add_argument("--out", default=None,
+                   help="output directory (default runs/interactions/<model name>)")
+    p.add_argument("--n", type=int, default=10, help="players per prompt when chosen automatically (default 10)")
+    p.add_argument("--players", default="auto",
+                   help="players of prompts whose data does not name them: 'auto' (default), word indices "
+                        "'0,2,5', or groups joined by '+': '0+1,3,5+6'")
+    p.add_argument("--target-tokens", type=int, default=16,
+                   help="length L of the greedy target y* when a prompt has no \"target\" (default 16)")
+    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+                   help="how absent players are masked (default embedding: baseline-embedding replacement)")
+    p.add_argument("--baseline", default="pad",
+                   help="what replaces a masked word: pad, unk, zeros, mean or a token id (default pad)")
+    p.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    p.add_argument("--like", default=None, metavar="DIR",
+                   help="reuse y*, players and masks of an earlier run (e.g. the teacher's) for every prompt")
+    p.add_argument("--memory-budget", default=None,
+                   help="working memory for the masked batches, e.g. 2GB or 512MB (default: from the device)")
+    p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
+    p.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default float32)")
+    p.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts of the data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute every prompt even if OUT holds results (needed when the settings changed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"kdi interactions: error: {err}", file=sys.stderr)
+        return 2
+
+
+def parse_players(spec: str | None) -> list | None:
+    """'auto' -> None; '0,2,5' -> [0, 2, 5]; '0+1,3' -> [[0, 1], [3]] (groups of word indices)."""
+    if spec is None or spec.strip().lower() in ("", "auto"):
+        return None
+    try:
+        groups = [[int(i) for i in part.split("+")] for part in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--players {spec!r}: give word indices like '0,2,5', groups like '0+1,3,5+6', "
+                         f"or 'auto'") from None
+    if any(i < 0 for g in groups for i in g):
+        raise ValueError(f"--players {spec!r}: word indices must be >= 0")
+    return [g[0] for g in groups] if "+" not in spec else groups
+
+
+def parse_size(text: str | None) -> int | None:
+    """'2GB' / '512MiB' / '1.5g' / '1000000' -> bytes (K, M, G, T are powers of 1024); None stays None."""
+    if text is None:
+        return None
+    m = _SIZE.match(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"--memory-budget {text!r}: give a size like 2GB, 512MB or a number of bytes")
+    scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
+    return int(float(m.group(1)) * scale)
+
+
+def parse_baseline(text: str) -> str | int:
+    if text in ("pad", "unk", "zeros", "mean"):
+        return text
+    try:
+        token_id = int(text)
+    except ValueError:
+        raise ValueError(f"--baseline {text!r}: use pad, unk, zeros, mean or a token id") from None
+    if token_id < 0:
+        raise ValueError(f"--baseline {text!r}: a token id must be >= 0")
+    return token_id
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import load_prompts
+    from ..engine.runner import run_interactions
+    from ..models import DEFAULT_MODEL, load_model, load_tokenizer
+
+    # Check everything cheap before loading a model.
+    for name, value, low in (("--n", args.n, 1), ("--target-tokens", args.target_tokens, 1),
+                             ("--limit", args.limit, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    players = parse_players(args.players)
+    baseline = parse_baseline(args.baseline)
+    memory_budget = parse_size(args.memory_budget)
+    records = load_prompts(args.data)
+    is_default = str(args.model).lower() in (DEFAULT_MODEL, "default")
+    if not is_default and not Path(args.model).is_dir():
+        raise FileNotFoundError(f"--model {args.model!r} is not a directory; give a Hugging Face model directory "
+                                f"(saved with save_pretrained) or leave --model out for SmolLM2-135M-Instruct")
+    model_name = DEFAULT_MODEL if is_default else str(Path(args.model).resolve())
+    out_dir = Path(args.out) if args.out else Path("runs") / "interactions" / (
+        DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
+
+    dist = _init_distributed(args.device)
+    try:
+        device = _device(args.device)
+        torch.manual_seed(args.seed)
+        tokenizer_source = args.tokenizer or args.model
+        try:
+            tokenizer = load_tokenizer(tokenizer_source)
+        except (OSError, ValueError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ValueError(f"cannot load a tokenizer from {tokenizer_source!r} ({err}); pass --tokenizer DIR") \
+                from None
+        model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+        summary = run_interactions(
+            model, tokenizer, records, out_dir, model_name=model_name, players=players, n_players=args.n,
+            max_target_tokens=args.target_tokens, masking=args.masking, baseline=baseline,
+            chat_template=args.chat_template, memory_budget=memory_budget, like_dir=args.like,
+            limit=args.limit, overwrite=args.overwrite, progress=not args.quiet,
+            extra_settings={"seed": args.seed})
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    finally:
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+    if rank == 0:
+        print(f"{summary.prompts} prompts: {summary.computed} computed, {summary.skipped} already done "
+              f"({summary.seconds:.1f} s); max matching error {summary.max_matching_error:.2e}")
+        print(f"results: {summary.out_dir}/<id>.safetensors (+ .json), one per prompt")
+        print(f"summary: {summary.summary_path}")
+    return 0
+
+
+def _init_distributed(device_arg: str | None):
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return None  # the caller owns the process group
+    use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist
+
+
+def _device(device_arg: str | None):
+    import torch
+
+    if device_arg is None:
+        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device_arg)
+    except RuntimeError:
+        raise ValueError(f"--device {device_arg!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+        if device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device

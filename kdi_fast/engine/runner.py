@@ -1,0 +1,309 @@
+"""Dataset runs of compute_interactions: one result file per prompt, resumable, optionally data parallel.
+
+Layout of an output directory:
+  manifest.json        model, settings and the data digest; checked when a run restarts
+  <id>.safetensors     one InteractionResult per prompt (+ its JSON metadata), written atomically
+  summary.json         written at the end: every prompt's file, n, target, v(x_N), matching error, top interactions
+
+Resume: a prompt whose result file loads is skipped, so a killed run restarts where it stopped; nothing is
+lost (files appear whole or not at all) and nothing is computed twice. Restarting with other settings, another
+model or other data is an error unless overwrite=True (then every prompt is computed again).
+
+Data parallel: when torch.distributed is initialised (torchrun; gloo on CPU, nccl on GPU), rank r takes the
+prompts r, r + world_size, ...; every rank writes its own files, rank 0 writes the manifest and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..data import PromptRecord, records_digest
+
+if TYPE_CHECKING:
+    from . import InteractionResult
+
+__all__ = ["RunSummary", "run_interactions", "load_results", "result_path", "MANIFEST", "SUMMARY"]
+
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+RESULT_SUFFIX = ".safetensors"
+_TOP_K_IN_SUMMARY = 5
+
+
+@dataclass
+class RunSummary:
+    """What a run did. computed + skipped = prompts; paths are absolute."""
+
+    out_dir: Path
+    summary_path: Path
+    prompts: int
+    computed: int
+    skipped: int
+    seconds: float
+    max_matching_error: float
+
+
+def result_path(out_dir: str | Path, record_id: str) -> Path:
+    """The result file of one prompt: out_dir/<id>.safetensors (its JSON metadata sits beside it)."""
+    return Path(out_dir) / f"{record_id}{RESULT_SUFFIX}"
+
+
+def run_interactions(
+    model,
+    tokenizer,
+    records: list[PromptRecord],
+    out_dir: str | Path,
+    *,
+    model_name: str | None = None,
+    players: list | None = None,
+    n_players: int = 10,
+    max_target_tokens: int = 16,
+    masking: str = "embedding",
+    baseline: str | int = "pad",
+    chat_template: bool = False,
+    memory_budget: int | None = None,
+    like_dir: str | Path | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra_settings: dict[str, Any] | None = None,
+) -> RunSummary:
+    """Compute the interactions of every record and write out_dir/<id>.safetensors per prompt.
+
+    players: the players of records that do not name their own (word indices or groups; None = automatic).
+    like_dir: the output directory of an earlier run (e.g. the teacher's): each prompt then reuses that run's
+    y*, players and masks (compute_interactions(like=...)). limit: only the first `limit` records.
+    extra_settings: more settings recorded in (and checked against) the manifest, e.g. the dtype.
+    Returns a RunSummary; rank 0 also writes out_dir/summary.json. Under torch.distributed every rank must call it.
+    """
+    from . import compute_interactions  # late: the engine package may import this module
+
+    if not records:
+        raise ValueError("no prompts to run: the data set is empty")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+    selected = records[:limit] if limit is not None else list(records)
+    out_dir = Path(out_dir).resolve()
+    dist, rank, world_size = _distributed()
+    like_dir = Path(like_dir).resolve() if like_dir is not None else None
+
+    manifest = _manifest(model, model_name, records, like_dir, dict(
+        players=players, n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
+        baseline=baseline, chat_template=chat_template, **(extra_settings or {})))
+    _check_manifest(out_dir, manifest, overwrite)  # every rank checks, so every rank fails alike
+    if like_dir is not None:
+        missing = [r.id for r in selected if not result_path(like_dir, r.id).exists()]
+        if missing:
+            raise ValueError(f"--like {like_dir}: no result for {len(missing)} prompt(s) ({', '.join(missing[:5])}"
+                             f"{', ...' if len(missing) > 5 else ''}); run the reference model on the same data first")
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / SUMMARY).unlink(missing_ok=True)  # a summary exists only for a finished run
+        _write_json_atomic(out_dir / MANIFEST, manifest)
+    if dist is not None:
+        dist.barrier()
+
+    mine = selected[rank::world_size]
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    skipped = 0
+    bar = _progress_bar(len(mine), rank, world_size, enabled=progress and rank == 0)
+    try:
+        for record in mine:
+            path = result_path(out_dir, record.id)
+            if not overwrite and _complete(path, record):
+                skipped += 1
+            else:
+                t0 = time.perf_counter()
+                result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir, dict(
+                    n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
+                    baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
+                result.save(path)
+                seconds[record.id] = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(computed=len(seconds), skipped=skipped, refresh=False)
+    finally:
+        bar.close()
+
+    if dist is not None:  # rank 0 learns what every rank did, then writes the summary
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, (seconds, skipped))
+    else:
+        gathered = [(seconds, skipped)]
+    all_seconds = {k: v for s, _ in gathered for k, v in s.items()}
+    total_skipped = sum(k for _, k in gathered)
+    elapsed = time.perf_counter() - started
+    summary_path = out_dir / SUMMARY
+    max_err = float("nan")
+    if rank == 0:
+        entries = [_summary_entry(out_dir, r, all_seconds.get(r.id)) for r in selected]
+        max_err = max(e["matching_error"] for e in entries)
+        _write_json_atomic(summary_path, {
+            "manifest": manifest, "prompts": len(selected), "computed": len(all_seconds), "skipped": total_skipped,
+            "world_size": world_size, "seconds": elapsed, "max_matching_error": max_err, "results": entries})
+    if dist is not None:
+        dist.barrier()  # nobody reads the summary before it is whole
+    return RunSummary(out_dir=out_dir, summary_path=summary_path, prompts=len(selected),
+                      computed=len(all_seconds), skipped=total_skipped, seconds=elapsed, max_matching_error=max_err)
+
+
+def load_results(out_dir: str | Path) -> dict[str, "InteractionResult"]:
+    """The results of a finished run, by prompt id, in the order of its summary.json."""
+    from . import InteractionResult
+
+    out_dir = Path(out_dir)
+    summary_file = out_dir / SUMMARY
+    if not summary_file.exists():
+        raise FileNotFoundError(f"{summary_file} does not exist: the run in {out_dir} has not finished "
+                                f"(run `kdi interactions` again with the same --out to complete it)")
+    summary = json.loads(summary_file.read_text())
+    return {e["id"]: InteractionResult.load(out_dir / e["file"]) for e in summary["results"]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _distributed():
+    """(torch.distributed or None, rank, world_size)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def _model_name(model, model_name: str | None) -> str:
+    if model_name:
+        return str(model_name)
+    config = getattr(model, "config", None)
+    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+
+
+def _manifest(model, model_name, records, like_dir, settings) -> dict:
+    from .._version import __version__
+
+    dtype = next((p.dtype for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    like = None
+    if like_dir is not None:
+        like_manifest = like_dir / MANIFEST
+        if not like_manifest.exists():
+            raise FileNotFoundError(f"--like {like_dir}: no {MANIFEST} there; point it at the output directory "
+                                    f"of an earlier `kdi interactions` run")
+        like = {"dir": str(like_dir), "model": json.loads(like_manifest.read_text()).get("model")}
+    return {
+        "kdi_fast": __version__,
+        "model": _model_name(model, model_name),
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "settings": json.loads(json.dumps(settings)),  # normalised (tuples -> lists) so restarts compare equal
+        "like": like,
+        "data": {"digest": records_digest(records), "prompts": len(records)},
+    }
+
+
+_CHECKED_KEYS = ("model", "dtype", "settings", "like", "data")
+
+
+def _check_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
+    path = out_dir / MANIFEST
+    if overwrite or not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} cannot be read ({err}); pass --overwrite to start this directory afresh") from None
+    diffs = []
+    for key in _CHECKED_KEYS:
+        a, b = old.get(key), manifest.get(key)
+        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"settings.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                      if a.get(k) != b.get(k)]
+        elif key == "data" and isinstance(a, dict):
+            if a.get("digest") != b["digest"]:
+                diffs.append(f"data: other prompts ({a.get('prompts')} -> {b['prompts']} prompts, digest "
+                             f"{str(a.get('digest'))[:12]} -> {b['digest'][:12]})")
+        elif a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    if diffs:
+        raise ValueError(f"{out_dir} holds a run with other settings ({'; '.join(diffs)}). Use another --out "
+                         f"directory, the same settings to resume it, or --overwrite to recompute everything.")
+
+
+def _complete(path: Path, record: PromptRecord) -> bool:
+    """Whether the result file of `record` exists, loads, and is about the same prompt."""
+    from . import InteractionResult
+
+    if not path.exists():
+        return False
+    try:
+        result = InteractionResult.load(path)
+    except Exception:  # unreadable or incomplete: compute it again (the new file replaces it atomically)
+        return False
+    return result.prompt == record.prompt
+
+
+def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_dir: Path | None, kwargs: dict):
+    from . import InteractionResult
+
+    like = None
+    if like_dir is not None:
+        like = [InteractionResult.load(result_path(like_dir, record.id))]
+        if like[0].prompt != record.prompt:
+            raise ValueError(f"prompt {record.id!r}: the --like result in {like_dir} is about another prompt "
+                             f"({like[0].prompt!r}); use the same data for both runs")
+    record_players = record.players if record.players is not None else players
+    try:
+        results = compute(model, tokenizer, [record.prompt],
+                          targets=None if record.target is None or like else [record.target],
+                          players=None if record_players is None or like else [record_players],
+                          like=like, progress=False, **kwargs)
+    except (ValueError, TypeError) as err:  # bad input: say which prompt
+        raise type(err)(f"prompt {record.id!r}: {err}") from err
+    if len(results) != 1:
+        raise RuntimeError(f"compute_interactions returned {len(results)} results for one prompt")
+    return results[0]
+
+
+def _summary_entry(out_dir: Path, record: PromptRecord, seconds: float | None) -> dict:
+    from . import InteractionResult
+
+    path = result_path(out_dir, record.id)
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing after the run (was it deleted while the run was going?)")
+    result = InteractionResult.load(path)
+    values = result.values
+    return {
+        "id": record.id, "file": path.name, "prompt": result.prompt, "n": result.n,
+        "players": list(result.player_texts), "target": result.target_text,
+        "v_full": float(values[-1]), "v_empty": float(values[0]),
+        "matching_error": float(result.matching_error()),
+        "top": [{"players": list(texts), "I": float(value)} for texts, value in result.top(_TOP_K_IN_SUMMARY)],
+        "seconds": seconds,
+    }
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temporary file in the same directory, then rename it over `path` (never half-written)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _progress_bar(total: int, rank: int, world_size: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    desc = "prompts" if world_size == 1 else f"prompts (rank 0 of {world_size})"
+    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled, dynamic_ncols=True)
+
