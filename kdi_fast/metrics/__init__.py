@@ -1,0 +1,55 @@
+"""Metrics: interactions (sparsity, alignment, orders), outputs (agreement, BLEU, ROUGE-L), aggregation."""
+
+from .interaction import (
+    DEFAULT_SALIENT_THRESHOLD,
+    OrderProfile,
+    as_interactions,
+    by_order,
+    entropy,
+    gini,
+    normalise,
+    overlap_at_k,
+    simple_complex,
+    split_orders,
+    subset_orders,
+    top_interactions,
+    top_k_count,
+)
+from .stats import Correlation, MeanCI, mean_ci, spearman, spearman_table
+from .text import (
+    agreement,
+    answers_agree,
+    fidelity,
+    fidelity_per_example,
+    last_number,
+    rouge_l,
+    rouge_l_per_example,
+)
+
+__all__ = [
+    "DEFAULT_SALIENT_THRESHOLD",
+    "OrderProfile",
+    "as_interactions",
+    "by_order",
+    "entropy",
+    "gini",
+    "normalise",
+    "overlap_at_k",
+    "simple_complex",
+    "split_orders",
+    "subset_orders",
+    "top_interactions",
+    "top_k_count",
+    "Correlation",
+    "MeanCI",
+    "mean_ci",
+    "spearman",
+    "spearman_table",
+    "agreement",
+    "answers_agree",
+    "fidelity",
+    "fidelity_per_example",
+    "last_number",
+    "rouge_l",
+    "rouge_l_per_example",
+]
