@@ -112,7 +112,7 @@ def run_interactions(
 
     mine = selected[rank::world_size]
     started = time.perf_counter()
-    seconds: dict[str, float] = {}
+    computed: dict[str, dict] = {}  # id -> {"rank", "seconds"} for the prompts computed in this run
     skipped = 0
     bar = _progress_bar(len(mine), rank, world_size, enabled=progress and rank == 0)
     try:
@@ -126,32 +126,32 @@ def run_interactions(
                     n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
                     baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
                 result.save(path)
-                seconds[record.id] = time.perf_counter() - t0
+                computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
             bar.update(1)
-            bar.set_postfix(computed=len(seconds), skipped=skipped, refresh=False)
+            bar.set_postfix(computed=len(computed), skipped=skipped, refresh=False)
     finally:
         bar.close()
 
     if dist is not None:  # rank 0 learns what every rank did, then writes the summary
         gathered: list = [None] * world_size
-        dist.all_gather_object(gathered, (seconds, skipped))
+        dist.all_gather_object(gathered, (computed, skipped))
     else:
-        gathered = [(seconds, skipped)]
-    all_seconds = {k: v for s, _ in gathered for k, v in s.items()}
+        gathered = [(computed, skipped)]
+    all_computed = {k: v for c, _ in gathered for k, v in c.items()}
     total_skipped = sum(k for _, k in gathered)
     elapsed = time.perf_counter() - started
     summary_path = out_dir / SUMMARY
     max_err = float("nan")
     if rank == 0:
-        entries = [_summary_entry(out_dir, r, all_seconds.get(r.id)) for r in selected]
+        entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected]
         max_err = max(e["matching_error"] for e in entries)
         _write_json_atomic(summary_path, {
-            "manifest": manifest, "prompts": len(selected), "computed": len(all_seconds), "skipped": total_skipped,
+            "manifest": manifest, "prompts": len(selected), "computed": len(all_computed), "skipped": total_skipped,
             "world_size": world_size, "seconds": elapsed, "max_matching_error": max_err, "results": entries})
     if dist is not None:
         dist.barrier()  # nobody reads the summary before it is whole
     return RunSummary(out_dir=out_dir, summary_path=summary_path, prompts=len(selected),
-                      computed=len(all_seconds), skipped=total_skipped, seconds=elapsed, max_matching_error=max_err)
+                      computed=len(all_computed), skipped=total_skipped, seconds=elapsed, max_matching_error=max_err)
 
 
 def load_results(out_dir: str | Path) -> dict[str, "InteractionResult"]:
@@ -270,7 +270,8 @@ def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_
     return results[0]
 
 
-def _summary_entry(out_dir: Path, record: PromptRecord, seconds: float | None) -> dict:
+def _summary_entry(out_dir: Path, record: PromptRecord, computed: dict | None) -> dict:
+    """computed: {"rank", "seconds"} when this run computed the prompt, None when an earlier run did."""
     from . import InteractionResult
 
     path = result_path(out_dir, record.id)
@@ -284,7 +285,8 @@ def _summary_entry(out_dir: Path, record: PromptRecord, seconds: float | None) -
         "v_full": float(values[-1]), "v_empty": float(values[0]),
         "matching_error": float(result.matching_error()),
         "top": [{"players": list(texts), "I": float(value)} for texts, value in result.top(_TOP_K_IN_SUMMARY)],
-        "seconds": seconds,
+        "computed_by_rank": computed["rank"] if computed else None,
+        "seconds": computed["seconds"] if computed else None,
     }
 
 

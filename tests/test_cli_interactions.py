@@ -1,0 +1,150 @@
+"""`kdi interactions` and its inputs: prompt files, the built-in prompts, option parsing, errors, end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdi_fast.cli import main
+from kdi_fast.cli.interactions import parse_baseline, parse_players, parse_size
+from kdi_fast.data import PromptRecord, load_gsm_symbolic, load_prompts, records_digest
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompt files
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_builtin_prompts_are_packaged_and_well_formed():
+    records = load_prompts()
+    assert records == load_prompts("builtin")
+    assert 20 <= len(records) <= 50
+    assert len({r.id for r in records}) == len(records)
+    assert all(r.prompt.strip() and (r.target is None or r.target.strip()) for r in records)
+    assert any(r.target is None for r in records) and any(r.target for r in records)
+
+
+def test_jsonl_fields_and_default_ids(tmp_path):
+    path = _write(tmp_path / "p.jsonl", "\n".join([
+        json.dumps({"prompt": "The cat sat", "target": " down", "id": "cat"}),
+        "",
+        json.dumps({"prompt": "Dogs bark loudly", "players": [0, 2]}),
+        json.dumps({"prompt": "A b c d", "players": [[0, 1], [3]], "id": 7}),
+    ]))
+    assert load_prompts(path) == [
+        PromptRecord(id="cat", prompt="The cat sat", target=" down"),
+        PromptRecord(id="00003", prompt="Dogs bark loudly", players=[0, 2]),
+        PromptRecord(id="7", prompt="A b c d", players=[[0, 1], [3]]),
+    ]
+
+
+def test_plain_text_one_prompt_per_line(tmp_path):
+    path = _write(tmp_path / "p.txt", "first prompt here\n\n  second one \nthird\n")
+    assert [(r.id, r.prompt, r.target, r.players) for r in load_prompts(path)] == [
+        ("00001", "first prompt here", None, None), ("00003", "  second one ", None, None),
+        ("00004", "third", None, None)]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "ok"}', '{"prompt": "broken"', '{"prompt": "x"}'], "line 2: not valid JSON"),
+    (['{"prompt": "ok"}', '', '{"target": "no prompt"}'], "line 3: missing or empty \"prompt\""),
+    (['{"prompt": "   "}'], "line 1: missing or empty \"prompt\""),
+    (['["a list"]'], "line 1: expected a JSON object"),
+    (['{"prompt": "a", "target": ""}'], "\"target\" must be a non-empty string"),
+    (['{"prompt": "a", "players": [0, -1]}'], "\"players\" must be"),
+    (['{"prompt": "a", "players": [[0], 1]}'], "\"players\" must be"),
+    (['{"prompt": "a", "players": []}'], "\"players\" must be"),
+    (['{"prompt": "a", "id": "x"}', '{"prompt": "b", "id": "x"}'], "line 2: id 'x' repeats the id of line 1"),
+    (['{"prompt": "a", "id": "../escape"}'], "cannot name a file"),
+])
+def test_bad_jsonl_says_which_line_and_what(tmp_path, lines, message):
+    path = _write(tmp_path / "bad.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_prompts(path)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+        load_prompts(tmp_path / "nowhere.jsonl")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        load_prompts(_write(tmp_path / "empty.txt", "\n \n"))
+
+
+def test_records_digest_changes_with_any_field():
+    a = [PromptRecord("x", "The cat sat")]
+    assert records_digest(a) == records_digest([PromptRecord("x", "The cat sat")])
+    for other in (PromptRecord("y", "The cat sat"), PromptRecord("x", "The cat sits"),
+                  PromptRecord("x", "The cat sat", target=" down"), PromptRecord("x", "The cat sat", players=[0])):
+        assert records_digest([other]) != records_digest(a)
+
+
+def test_gsm_symbolic_is_reproducible_word_problems():
+    problems = load_gsm_symbolic(3, seed=5)
+    assert problems == load_gsm_symbolic(3, seed=5)
+    assert [p["question"] for p in problems] != [p["question"] for p in load_gsm_symbolic(3, seed=6)]
+    assert len(problems) == 3 and len({p["id"] for p in problems}) == 3
+    for p in problems:
+        assert p["question"].rstrip().endswith(".") or "?" in p["question"]
+        float(p["answer"])  # the answer is a number
+    with pytest.raises(ValueError, match="positive int"):
+        load_gsm_symbolic(0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Option parsing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_parse_players():
+    assert parse_players("auto") is None and parse_players(None) is None
+    assert parse_players("0,2,5") == [0, 2, 5]
+    assert parse_players("0+1,3,5+6") == [[0, 1], [3], [5, 6]]
+    for bad in ("a,b", "0,,1", "0,-1"):
+        with pytest.raises(ValueError, match="--players"):
+            parse_players(bad)
+
+
+def test_parse_size_and_baseline():
+    assert parse_size(None) is None
+    assert parse_size("2GB") == 2 * 1024**3
+    assert parse_size("512MiB") == 512 * 1024**2
+    assert parse_size("1.5g") == int(1.5 * 1024**3)
+    assert parse_size("1000") == 1000
+    for bad in ("lots", "-1GB", "0", "2PB"):
+        with pytest.raises(ValueError, match="--memory-budget"):
+            parse_size(bad)
+    assert [parse_baseline(b) for b in ("pad", "unk", "zeros", "mean", "7")] == ["pad", "unk", "zeros", "mean", 7]
+    for bad in ("eos", "-3"):
+        with pytest.raises(ValueError, match="--baseline"):
+            parse_baseline(bad)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors before any model is loaded
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "{tmp}/missing.jsonl"], "missing.jsonl' does not exist"),
+    (["--data", "{tmp}/bad.jsonl"], "line 2: missing or empty \"prompt\""),
+    (["--model", "{tmp}/no_model_here"], "is not a directory"),
+    (["--n", "0"], "--n must be >= 1"),
+    (["--target-tokens", "0"], "--target-tokens must be >= 1"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--players", "1,x"], "--players '1,x'"),
+    (["--memory-budget", "a lot"], "--memory-budget"),
+    (["--baseline", "eos"], "--baseline 'eos'"),
+])
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
+    _write(tmp_path / "bad.jsonl", '{"prompt": "fine"}\n{"id": "no-prompt"}\n')
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["interactions", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdi interactions: error:") and message in err
+    assert not (tmp_path / "out").exists()
