@@ -78,3 +78,14 @@ def test_rouge_l_hand_example():
     assert rouge_l_per_example(["the cat sat on the mat"], ["the cat lay on the mat"]) == pytest.approx([500 / 6])
     # reference 4 tokens, prediction 2 tokens in order: P = 1, R = 1/2, F = 2/3.
     assert rouge_l(["a b c d", "x y"], ["a c", "x y"]) == pytest.approx((200 / 3 + 100) / 2)
+
+
+def test_other_extractors():
+    from kdi_fast.metrics import first_word, number_or_word
+
+    assert first_word(" Paris. It is") == "paris"
+    assert first_word("  -- don't stop") == "don't"
+    assert first_word("...") is None
+    assert number_or_word("so 12 apples and 3.0") == 3.0
+    assert number_or_word(" Japan, of course") == "japan"
+    assert agreement([" Paris.", "5 boxes hold 30"], [" paris is", "it is 30."], extractor=number_or_word) == 1.0

@@ -21,7 +21,9 @@ from .text import (
     answers_agree,
     fidelity,
     fidelity_per_example,
+    first_word,
     last_number,
+    number_or_word,
     rouge_l,
     rouge_l_per_example,
 )
@@ -49,7 +51,9 @@ __all__ = [
     "answers_agree",
     "fidelity",
     "fidelity_per_example",
+    "first_word",
     "last_number",
+    "number_or_word",
     "rouge_l",
     "rouge_l_per_example",
 ]

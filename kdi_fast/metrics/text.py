@@ -12,6 +12,8 @@ from collections.abc import Callable, Hashable, Sequence
 
 __all__ = [
     "last_number",
+    "first_word",
+    "number_or_word",
     "answers_agree",
     "agreement",
     "fidelity",
@@ -38,6 +40,26 @@ def last_number(text: str) -> float | None:
     if not matches:
         return None
     return float(matches[-1].replace(",", ""))
+
+
+_WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
+
+
+def first_word(text: str) -> str | None:
+    """The first word of `text`, lower-cased, without punctuation (" Paris." -> "paris"); None if none.
+
+    An answer extractor for short completions ("The capital of France is" -> " Paris").
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"expected a str, got {type(text).__name__}")
+    match = _WORD.search(text)
+    return match.group(0).lower() if match else None
+
+
+def number_or_word(text: str) -> float | str | None:
+    """The last number of `text` when it has one (math answers), else its first word (short completions)."""
+    number = last_number(text)
+    return number if number is not None else first_word(text)
 
 
 def _check_pair(teacher_texts: Sequence[str], student_texts: Sequence[str]) -> None:
