@@ -1,0 +1,117 @@
+"""`kdi distill`: distil a teacher into a student with one of the KD methods, optionally with CIP, then evaluate.
+
+    kdi distill --teacher smollm2 --student layers:10 --method kd --data instruct:200 --steps 100 --out runs/kd
+
+Run it again with the same options and --out to resume a killed run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from ..distill.methods import METHODS
+
+    p = subparsers.add_parser(
+        "distill", help="distil a teacher into a student (sft, kd, rkl, gkd, seqkd, imitkd, distillm, abkd)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="smollm2", help="teacher model directory, or smollm2 (default)")
+    p.add_argument("--student", default="layers:10",
+                   help="'layers:0,5,10,...' or 'layers:K' (teacher layers), 'fresh:num_hidden_layers=4,"
+                        "hidden_size=256,...' (fresh weights), or a model directory (default layers:10)")
+    p.add_argument("--method", default="kd", choices=sorted(METHODS))
+    p.add_argument("--cip", type=float, default=0.0, metavar="WEIGHT", help="weight of the CIP loss (0: off)")
+    p.add_argument("--cip-m", type=int, default=3, help="CIP: number of random word groups (default 3)")
+    p.add_argument("--data", default="instruct:200",
+                   help="training data: a JSONL file of prompt/response pairs, 'instruct:N' or 'gsm_symbolic:N'")
+    p.add_argument("--eval-data", default=None,
+                   help="held-out data (same forms); default: for a built-in set, the same generator with another "
+                        "seed; for a file, its last --eval-size examples (then not trained on)")
+    p.add_argument("--eval-size", type=int, default=32, help="held-out examples (default 32)")
+    p.add_argument("--out", required=True, help="output directory (resumes the run found there)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--teacher-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="std of Gaussian noise added to the teacher's logits")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from --epochs)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1)")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=256, help="prompt + response tokens (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="length of generated responses: on-policy samples, SeqKD, evaluation (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=25, metavar="K")
+    p.add_argument("--seqkd-cache", default=None, help="file of the teacher's cached outputs (default OUT/...)")
+    p.add_argument("--interaction-prompts", type=int, default=8,
+                   help="held-out prompts whose interactions are compared (0: skip; default 8)")
+    p.add_argument("--n-players", type=int, default=8, help="players per prompt in the evaluation (default 8)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def _error(message: str) -> int:
+    print(f"kdi distill: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _data(args) -> tuple[list, list]:
+    from ..distill.datasets import _parse_spec, load_examples
+
+    train = load_examples(args.data, seed=args.seed)
+    if args.eval_data is not None:
+        held_out = load_examples(args.eval_data, seed=args.seed + 1)
+    elif _parse_spec(args.data) is not None:
+        name = _parse_spec(args.data)[0]
+        held_out = load_examples(f"{name}:{args.eval_size}", seed=args.seed + 1_000)
+        prompts = {e.prompt for e in train}
+        held_out = [e for e in held_out if e.prompt not in prompts]
+    else:
+        if len(train) <= args.eval_size:
+            raise ValueError(f"{args.data} has {len(train)} examples: too few to hold out --eval-size "
+                             f"{args.eval_size} (give --eval-data or a smaller --eval-size)")
+        train, held_out = train[:-args.eval_size], train[-args.eval_size:]
+    return train, held_out[:args.eval_size]
+
+
+def run(args) -> int:
+    from ..distill import DistillConfig, build_student, distill
+    from ..distill.evaluate import EvalSettings, evaluate_run
+    from ..models import load_model, load_tokenizer
+
+    try:
+        if args.eval_size < 1:
+            raise ValueError(f"--eval-size must be positive, got {args.eval_size}")
+        config = DistillConfig(
+            method=args.method, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            temperature=args.temperature, teacher_noise=args.teacher_noise, max_length=args.max_length,
+            max_new_tokens=args.max_new_tokens, seed=args.seed, cip_weight=args.cip, cip_m=args.cip_m,
+            checkpoint_every=args.checkpoint_every)
+        train, held_out = _data(args)
+        teacher = load_model(args.teacher, device=args.device)
+        tokenizer = load_tokenizer(args.teacher)
+        student = build_student(teacher, args.student, seed=args.seed)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        return _error(str(err))
+    out = Path(args.out)
+    try:
+        result = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:16],
+                         seqkd_cache=args.seqkd_cache, progress=not args.no_progress)
+    except ValueError as err:
+        return _error(str(err))
+    print(f"distilled with {args.method}: {result.steps} steps in {result.seconds:.0f} s, loss "
+          f"{result.first_loss:.4g} -> {result.last_loss:.4g}; student saved to {out / 'student'}")
+    if args.no_eval:
+        return 0
+    before = load_model(out / "student_before", device=args.device)
+    settings = EvalSettings(max_new_tokens=args.max_new_tokens, interaction_prompts=args.interaction_prompts,
+                            n_players=args.n_players, progress=not args.no_progress)
+    summary = evaluate_run(teacher, before, student.eval(), tokenizer, held_out, out, settings)
+    print(json.dumps(summary["models"], indent=2))
+    print(f"evaluation written to {out / 'eval'}")
+    return 0

@@ -1,0 +1,194 @@
+"""The end-of-run evaluation: how well the student does the task, how closely it follows the teacher, and how
+its interactions compare with the teacher's, before and after distillation.
+
+For each model (teacher, student before, student after) on held-out examples:
+  - greedy outputs (chat template, up to max_new_tokens);
+  - ROUGE-L (0..100) of the outputs against the reference responses;
+  - for the students: agreement (top-1 match of final answers with the teacher's) and fidelity (corpus BLEU
+    against the teacher's outputs), kdi_fast.metrics.text;
+  - interactions (kdi_fast.engine.compute_interactions) on the first `interaction_prompts` prompts, the
+    students with the teacher's y* and players (like=teacher): mean Gini over all, simple and complex
+    interactions, and for the students Overlap@k with the teacher (overall, simple, complex),
+    kdi_fast.metrics.interaction.
+Writes eval/summary.json, eval/outputs.jsonl, eval/interactions/<model>/ and, when kdi_fast.report is there,
+the interaction report of the three models under eval/report/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from .datasets import Example, answer_extractor, end_of_turn_id, tokenize_prompts
+from .generation import generate_responses
+
+__all__ = ["EvalSettings", "ModelEval", "model_eval", "text_scores", "interaction_scores", "evaluate_run"]
+
+
+@dataclass
+class EvalSettings:
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    interaction_prompts: int = 8  # prompts whose interactions are computed (0: none)
+    n_players: int = 8
+    max_target_tokens: int = 8
+    k: float = 0.1  # Overlap@k
+    max_simple_order: int | None = None  # simple = order <= this (default n // 2, the metrics' default)
+    progress: bool = True
+
+
+@dataclass
+class ModelEval:
+    """One model's outputs on the evaluation examples and its interaction results."""
+
+    name: str
+    outputs: list[str]
+    interactions: list = field(default_factory=list)  # list[InteractionResult]
+
+
+def _outputs(model: nn.Module, tokenizer, examples: Sequence[Example], settings: EvalSettings) -> list[str]:
+    eot = end_of_turn_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+    ids = generate_responses(model, tokenize_prompts(tokenizer, [e.prompt for e in examples]), pad_id=pad,
+                             eot_id=eot, max_new_tokens=settings.max_new_tokens, sample=False,
+                             batch_size=settings.batch_size)
+    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+
+
+def model_eval(name: str, model: nn.Module, tokenizer, examples: Sequence[Example], settings: EvalSettings,
+               like: ModelEval | None = None) -> ModelEval:
+    """Outputs and interactions of one model (a student: like=the teacher's ModelEval, same y* and players)."""
+    outputs = _outputs(model, tokenizer, examples, settings)
+    results = []
+    count = min(settings.interaction_prompts, len(examples))
+    if count > 0:
+        from ..engine import compute_interactions
+
+        prompts = [e.prompt for e in examples[:count]]
+        results = compute_interactions(model, tokenizer, prompts, n_players=settings.n_players,
+                                       max_target_tokens=settings.max_target_tokens, chat_template=True,
+                                       progress=settings.progress,
+                                       like=like.interactions if like is not None else None)
+    return ModelEval(name, outputs, list(results))
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(values) / len(values) if values else math.nan
+
+
+def text_scores(references: Sequence[str], outputs: Sequence[str], teacher_outputs: Sequence[str] | None,
+                extractor: Callable[[str], Hashable | None]) -> dict:
+    """ROUGE-L against the references, answer accuracy and, given the teacher's outputs, agreement and fidelity."""
+    from ..metrics.text import agreement, answers_agree, fidelity, rouge_l
+
+    scores = {"rouge_l": rouge_l(list(references), list(outputs)),
+              "accuracy": _mean(answers_agree(list(references), list(outputs), extractor))}
+    if teacher_outputs is not None:
+        scores["agreement"] = agreement(list(teacher_outputs), list(outputs), extractor)
+        scores["fidelity"] = fidelity(list(teacher_outputs), list(outputs))
+    return scores
+
+
+def interaction_scores(results: Sequence, teacher_results: Sequence | None, *, k: float = 0.1,
+                       max_simple_order: int | None = None) -> dict:
+    """Mean Gini (all, simple, complex) and, given the teacher's results, mean Overlap@k (all, simple, complex).
+
+    Results may have different n; each prompt is scored on its own and the scores are averaged.
+    """
+    from ..metrics.interaction import gini, overlap_at_k, simple_complex
+
+    if not results:
+        return {}
+    rows = []
+    for i, result in enumerate(results):
+        teacher = teacher_results[i] if teacher_results is not None else None
+        parts = simple_complex(result, teacher, max_simple_order=max_simple_order, k=k)
+        row = {"gini": float(gini(result)), "gini_simple": float(parts["gini_simple"]),
+               "gini_complex": float(parts["gini_complex"]), "share_complex": float(parts["share_complex"])}
+        if teacher is not None:
+            row.update(overlap=float(overlap_at_k(teacher, result, k)), overlap_simple=float(parts["overlap_simple"]),
+                       overlap_complex=float(parts["overlap_complex"]))
+        rows.append(row)
+    return {key: _mean(row[key] for row in rows) for key in rows[0]}
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _save_interactions(evaluation: ModelEval, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, result in enumerate(evaluation.interactions):
+        result.save(folder / f"{i:05d}")
+
+
+def _write_report(evals: Sequence[ModelEval], out: Path) -> str | None:
+    """The interaction report of kdi_fast.report for the teacher and the students, when that module has it."""
+    try:
+        from ..report import write_report
+    except ImportError:
+        return None
+    teacher, *students = evals
+    path = write_report({e.name: e.interactions for e in evals}, out, teacher=teacher.name)
+    return str(path)
+
+
+def evaluate_run(teacher: nn.Module, student_before: nn.Module, student_after: nn.Module, tokenizer,
+                 examples: Sequence[Example], out_dir: str | Path, settings: EvalSettings | None = None, *,
+                 cache: dict[str, ModelEval] | None = None, names: Sequence[str] = ("teacher", "student_before",
+                                                                                     "student_after")) -> dict:
+    """Evaluate teacher, student before and student after on `examples`; write out_dir/eval/; return the summary.
+
+    cache: ModelEvals of the teacher and of the student before, keyed by name, reused when present and filled
+    in otherwise (an experiment with many runs from the same start computes them once).
+    """
+    settings = settings or EvalSettings()
+    if not examples:
+        raise ValueError("the evaluation needs at least one held-out example")
+    out = Path(out_dir) / "eval"
+    cache = {} if cache is None else cache
+    extractor = answer_extractor(examples)
+    evals = []
+    for name, model in zip(names, (teacher, student_before, student_after)):
+        if name in cache and name != names[2]:
+            evals.append(cache[name])
+            continue
+        like = evals[0] if evals else None
+        evaluation = model_eval(name, model, tokenizer, examples, settings, like=like)
+        if name != names[2]:
+            cache[name] = evaluation
+        evals.append(evaluation)
+    references = [e.response for e in examples]
+    summary = {"examples": len(examples), "interaction_prompts": len(evals[0].interactions),
+               "settings": settings.__dict__, "models": {}}
+    for i, evaluation in enumerate(evals):
+        teacher_eval = None if i == 0 else evals[0]
+        scores = text_scores(references, evaluation.outputs, teacher_eval.outputs if teacher_eval else None,
+                             extractor)
+        scores.update(interaction_scores(evaluation.interactions, teacher_eval.interactions if teacher_eval else None,
+                                         k=settings.k, max_simple_order=settings.max_simple_order))
+        summary["models"][evaluation.name] = scores
+        if evaluation.interactions:
+            _save_interactions(evaluation, out / "interactions" / evaluation.name)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".outputs.jsonl.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        for j, example in enumerate(examples):
+            row = {"id": example.id, "prompt": example.prompt, "reference": example.response}
+            row.update({e.name: e.outputs[j] for e in evals})
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / "outputs.jsonl")
+    if evals[0].interactions:
+        summary["report"] = _write_report(evals, out / "report")
+    _write_json(out / "summary.json", summary)
+    return summary
