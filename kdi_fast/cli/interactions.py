@@ -127,6 +127,10 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else Path("runs") / "interactions" / (
         DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
 
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     dist = _init_distributed(args.device)
     try:
         device = _device(args.device)
