@@ -71,6 +71,7 @@ class DistillConfig:
     ab_alpha: float = 0.2  # abkd: alpha and beta of the alpha-beta divergence
     ab_beta: float = 0.7
     validate_every: int = 10  # distillm: steps between validation losses that drive the SGO schedule
+    sgo_initial: float = 0.0  # distillm: SGO probability at the start (DistiLLM starts with none)
     sgo_increment: float = 0.2
     sgo_max_prob: float = 0.8
     replay_ratio: float = 0.5  # distillm: share of SGO batches drawn from the replay buffer once it is full enough
@@ -101,9 +102,11 @@ class DistillConfig:
         if not method.uses_teacher_logits and (self.teacher_noise > 0 or self.temperature != 1.0):
             raise ValueError(f"method {self.method!r} trains on text with cross-entropy and never sees the teacher's "
                              f"logits: temperature and teacher noise do not apply (use kd, rkl, gkd, ...)")
-        for name in ("student_share", "replay_ratio", "sgo_max_prob", "jsd_beta"):
+        for name in ("student_share", "replay_ratio", "sgo_initial", "sgo_max_prob", "jsd_beta"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.sgo_initial > self.sgo_max_prob:
+            raise ValueError(f"sgo_initial ({self.sgo_initial}) must not exceed sgo_max_prob ({self.sgo_max_prob})")
         if not 0.0 <= self.skew_alpha < 1.0:
             raise ValueError(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
 
@@ -257,7 +260,8 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     python_rng = random.Random(config.seed)
     noise_generator = torch.Generator().manual_seed(config.seed + 1)
-    schedule = AdaptiveSGOSchedule(increment=config.sgo_increment, max_prob=config.sgo_max_prob)
+    schedule = AdaptiveSGOSchedule(initial=config.sgo_initial, increment=config.sgo_increment,
+                                   max_prob=config.sgo_max_prob)
     buffer = ReplayBuffer(config.replay_capacity)
     cip = _make_cip(config) if config.cip_weight > 0 else None
 
