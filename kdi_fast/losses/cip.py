@@ -1,0 +1,324 @@
+"""The Complex Interaction Penalty (CIP, seed 000): a loss that suppresses the complex interactions a student
+encodes, added to any KD loss.
+
+For each prompt x of a batch (input_ids, attention_mask, labels in the Hugging Face convention):
+  y*       the labelled tokens (labels != -100), teacher-forced; at most max_target_tokens of them;
+  words    the whitespace words of the prompt part (the tokens before the first label; see engine.groups);
+  players  the words split at random into m groups S_1..S_m (seeded per prompt and step), or the words
+           themselves when the prompt has at most `exact_up_to` words (exact mode; default m);
+  v(x_K)   log(p / (1 - p)) with log p the mean log-prob of y* when only the players in K are present
+           (the others masked), for all 2^k subsets K: 2^k - 1 masked forwards with gradients, plus the
+           full input, whose forward the caller usually has already (pass it as `outputs`);
+  I        the Harsanyi interactions I = mobius(v) (kdi_fast.mobius, whose backward is the transposed transform);
+  loss     weight * mean over prompts of mean_{K complex} |I(K)|.
+
+Complex K (the threshold is relative to the number of players k): |K| > order_threshold * k, and K spans at
+least two words (a single word is never a complex interaction). order_threshold=0 (the default) penalises every
+union of groups that holds two or more words: the paper's approximation E_K |I(union_{i in K} S_i)|. With m=4,
+order_threshold=0.5 keeps only unions of 3 or 4 groups.
+
+Masking: "embedding" (default) replaces a masked token's input embedding by a baseline vector ("pad", "unk",
+an int token id: that token's embedding, which is the same as "token" masking; "zeros"; "mean": the mean
+embedding); "attention" hides masked tokens from attention instead. The LM head runs only at the target
+positions (kdi_fast.ops.target_logprobs), and the masked sequences are cut after their last target.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops, reference
+from ..engine import groups as _groups
+
+MASKINGS = ("embedding", "token", "attention")
+IGNORE_INDEX = -100
+_MAX_EXACT_PLAYERS = 16
+
+
+@dataclass
+class CIPRecord:
+    """What CIP computed for one prompt of the batch.
+
+    index: the prompt's row in the batch; players: the word indices of each player (group);
+    values v [2^k] and interactions I [2^k] (by subset bit mask; differentiable); complex_mask [2^k] bool:
+    the subsets penalised; penalty: mean |I| over them (0-dim, differentiable).
+    """
+
+    index: int
+    players: list[list[int]]
+    values: Tensor
+    interactions: Tensor
+    complex_mask: Tensor
+    penalty: Tensor
+
+
+@dataclass
+class _Plan:
+    index: int
+    players: list[list[int]]
+    player_of_token: Tensor  # [T'] int64, -1 for tokens that are never masked
+    target_positions: Tensor  # [L] positions p of y* (predicted from position p - 1)
+    target_ids: Tensor  # [L]
+    complex_mask: Tensor  # [2^k] bool
+
+    @property
+    def k(self) -> int:
+        return len(self.players)
+
+
+class CIP(nn.Module):
+    """The Complex Interaction Penalty as a loss module: loss = kd_loss + cip(model, batch).
+
+    m: groups per prompt (2^m masked forwards); order_threshold in [0, 1): subsets of more than
+    order_threshold * k players count as complex (see the module docstring); masking and baseline: how players
+    are removed; weight: the factor on the penalty; batch_share in (0, 1]: the penalty is spent on the first
+    ceil(share * batch) prompts of each batch (batches are shuffled, so that is a random subset);
+    exact_up_to: prompts of at most this many words use the words as players (default m; up to 16);
+    tokenizer: splits prompts into words (None: every prompt token is its own word); seed: the base seed of the
+    partitions, which are drawn per prompt from (seed, step, the prompt's tokens), so they are the same in every
+    process and under gradient accumulation when trainers pass their global step; max_target_tokens: use only
+    the first L labelled tokens as y* (None: all).
+    """
+
+    def __init__(self, m: int = 3, *, order_threshold: float = 0.0, masking: str = "embedding",
+                 baseline: str | int = "pad", weight: float = 1.0, batch_share: float = 1.0,
+                 exact_up_to: int | None = None, tokenizer=None, seed: int = 0,
+                 max_target_tokens: int | None = None, eps: float = 1e-7):
+        super().__init__()
+        if not isinstance(m, int) or not 1 <= m <= _MAX_EXACT_PLAYERS:
+            raise ValueError(f"m must be an int in [1, {_MAX_EXACT_PLAYERS}] (2^m masked forwards), got {m!r}")
+        if not 0.0 <= order_threshold < 1.0:
+            raise ValueError(f"order_threshold must be in [0, 1) (a share of the players), got {order_threshold}")
+        if masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+        if masking == "token" and baseline in ("zeros", "mean"):
+            raise ValueError("masking='token' replaces tokens by a token: use baseline='pad', 'unk' or a token id")
+        if not (isinstance(baseline, int) or baseline in ("pad", "unk", "zeros", "mean")):
+            raise ValueError(f"baseline must be 'pad', 'unk', 'zeros', 'mean' or a token id, got {baseline!r}")
+        if not 0.0 < batch_share <= 1.0:
+            raise ValueError(f"batch_share must be in (0, 1], got {batch_share}")
+        exact_up_to = m if exact_up_to is None else exact_up_to
+        if not 0 <= exact_up_to <= _MAX_EXACT_PLAYERS:
+            raise ValueError(f"exact_up_to must be in [0, {_MAX_EXACT_PLAYERS}], got {exact_up_to}")
+        if max_target_tokens is not None and max_target_tokens < 1:
+            raise ValueError(f"max_target_tokens must be >= 1 or None, got {max_target_tokens}")
+        self.m, self.order_threshold, self.masking, self.baseline = m, float(order_threshold), masking, baseline
+        self.weight, self.batch_share, self.exact_up_to = float(weight), float(batch_share), max(exact_up_to, m)
+        self.tokenizer, self.seed, self.max_target_tokens, self.eps = tokenizer, int(seed), max_target_tokens, eps
+        self._calls = 0
+
+    def extra_repr(self) -> str:
+        return (f"m={self.m}, order_threshold={self.order_threshold}, masking={self.masking!r}, "
+                f"baseline={self.baseline!r}, weight={self.weight}, batch_share={self.batch_share}, "
+                f"exact_up_to={self.exact_up_to}")
+
+    # ------------------------------------------------------------------------------------------------------
+    # Public entry points
+    # ------------------------------------------------------------------------------------------------------
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Tensor], outputs=None, *,
+                step: int | None = None) -> Tensor:
+        """weight * mean over the batch's prompts of mean_{K complex} |I(K)| (a 0-dim float32 tensor).
+
+        batch: input_ids [B, T], attention_mask [B, T] (optional), labels [B, T] (-100 outside y*), and
+        optionally player_mask [B, T] bool (tokens that may be players). outputs: the caller's forward of
+        `model` on this batch (a ModelOutput with .logits or the logits [B, T, V], with gradients); it then
+        supplies v of the full input. step: the training step (seeds the partitions; default: a call counter).
+        """
+        records = self.interactions(model, batch, outputs, step=step)
+        if not records:
+            device = batch["input_ids"].device
+            return torch.zeros((), device=device, dtype=torch.float32)
+        return self.weight * torch.stack([r.penalty for r in records]).mean()
+
+    def interactions(self, model: nn.Module, batch: Mapping[str, Tensor], outputs=None, *,
+                     step: int | None = None) -> list[CIPRecord]:
+        """The per-prompt players, v, I and penalties that forward() averages (prompts without players or
+        targets are left out)."""
+        if step is None:
+            step = self._calls
+            self._calls += 1
+        input_ids, attention_mask, labels, player_mask = _unpack(batch)
+        plans = self._plans(input_ids, attention_mask, labels, player_mask, int(step))
+        if not plans:
+            return []
+        logprobs = self._mean_target_logprobs(model, plans, input_ids, attention_mask, outputs)
+        records = []
+        for plan, lp in zip(plans, logprobs):
+            lp = lp if lp.dtype == torch.float64 else lp.float()
+            values = reference.logodds_from_mean_logprob(lp, self.eps)
+            inter = ops.mobius(values)
+            mask = plan.complex_mask.to(inter.device)
+            penalty = inter.abs()[mask].mean()
+            records.append(CIPRecord(plan.index, plan.players, values, inter, mask, penalty))
+        return records
+
+    # ------------------------------------------------------------------------------------------------------
+    # Planning: players, targets and complex subsets per prompt
+    # ------------------------------------------------------------------------------------------------------
+
+    def _plans(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, player_mask: Tensor | None,
+               step: int) -> list[_Plan]:
+        batch_size = input_ids.shape[0]
+        chosen = math.ceil(self.batch_share * batch_size)
+        plans = []
+        for b in range(chosen):
+            valid = attention_mask[b].bool()
+            positions = ((labels[b] != IGNORE_INDEX) & valid).nonzero().squeeze(-1)
+            positions = positions[positions >= 1]  # position 0 has no prediction
+            if self.max_target_tokens is not None:
+                positions = positions[:self.max_target_tokens]
+            if positions.numel() == 0:
+                continue
+            prompt = valid.clone()
+            prompt[positions[0]:] = False
+            if player_mask is not None:
+                prompt &= player_mask[b].bool()
+            word_of_token = _groups.word_ids(input_ids[b], self.tokenizer, player_mask=prompt)
+            n_words = int(word_of_token.max()) + 1 if word_of_token.numel() else 0
+            if n_words < 2:  # one word: no complex interaction
+                continue
+            if n_words <= self.exact_up_to:
+                players = [[w] for w in range(n_words)]
+            else:
+                seed = _groups.partition_seed(self.seed, step, input_ids[b][valid])
+                players = _groups.random_groups(n_words, self.m, seed=seed)
+            plans.append(_Plan(b, players, _groups.player_of_token(word_of_token, players), positions,
+                               labels[b, positions].long(), self._complex_mask(players)))
+        return plans
+
+    def _complex_mask(self, players: list[list[int]]) -> Tensor:
+        k = len(players)
+        masks = torch.arange(1 << k)
+        bits = (masks[:, None] >> torch.arange(k)) & 1
+        order = bits.sum(-1)
+        words_in = (bits * torch.tensor([len(p) for p in players])).sum(-1)
+        return (order > self.order_threshold * k) & (words_in >= 2)
+
+    # ------------------------------------------------------------------------------------------------------
+    # The masked forwards
+    # ------------------------------------------------------------------------------------------------------
+
+    def _baseline(self, model: nn.Module, embed: nn.Module) -> Tensor | None:
+        if self.masking == "attention":
+            return None
+        weight = embed.weight
+        if self.baseline == "zeros":
+            return weight.new_zeros(weight.shape[1])
+        if self.baseline == "mean":
+            return weight.mean(0)
+        if isinstance(self.baseline, int):
+            token = self.baseline
+        else:
+            attr = f"{self.baseline}_token_id"
+            token = getattr(self.tokenizer, attr, None) if self.tokenizer is not None else None
+            token = getattr(model.config, attr, None) if token is None else token
+            if token is None:
+                raise ValueError(f"baseline={self.baseline!r} needs a {attr} (from the tokenizer or the model "
+                                 f"config), and neither has one; pass baseline='zeros', 'mean' or a token id")
+        if not 0 <= token < weight.shape[0]:
+            raise ValueError(f"baseline token id {token} is outside the embedding matrix ({weight.shape[0]} rows)")
+        return weight[token]
+
+    def _mean_target_logprobs(self, model: nn.Module, plans: list[_Plan], input_ids: Tensor,
+                              attention_mask: Tensor, outputs) -> list[Tensor]:
+        """Per plan, the mean log-prob of y* under each of its 2^k masks, [2^k] in mask order."""
+        reuse = outputs is not None
+        full_logits = getattr(outputs, "logits", outputs) if reuse else None
+        length = max(int(p.target_positions[-1]) + 1 for p in plans)
+        rows = torch.tensor([p.index for p in plans], device=input_ids.device)
+        inner = unwrap_model(model)
+        _check_model(inner)
+        embed = inner.get_input_embeddings()
+        embeds = embed(input_ids[rows, :length])  # [P, T', H], with gradients
+        attn = attention_mask[rows, :length]
+        baseline = self._baseline(inner, embed)
+        inputs, masks_attn, seq_plan, seq_count = [], [], [], []
+        for j, plan in enumerate(plans):
+            masks = torch.arange((1 << plan.k) - (1 if reuse else 0), device=input_ids.device)
+            pot = plan.player_of_token[:length].to(input_ids.device)
+            if baseline is not None:
+                inputs.append(ops.masked_embeddings(embeds[j], pot, masks, baseline))
+                masks_attn.append(attn[j].expand(masks.numel(), length))
+            else:
+                inputs.append(embeds[j].expand(masks.numel(), *embeds.shape[1:]))
+                masks_attn.append(attn[j] * _present(pot, masks).to(attn.dtype))
+            seq_plan += [j] * masks.numel()
+            seq_count.append(masks.numel())
+        hidden = _last_hidden_state(model, torch.cat(inputs), torch.cat(masks_attn))  # [S, T', H]
+        # the rows of the LM head: for sequence s of plan j, positions p - 1 of its targets
+        lengths = torch.tensor([plans[j].target_positions.numel() for j in seq_plan], device=hidden.device)
+        seq_of_row = torch.repeat_interleave(torch.arange(len(seq_plan), device=hidden.device), lengths)
+        pos = torch.cat([plans[j].target_positions.to(hidden.device) for j in seq_plan])
+        tgt = torch.cat([plans[j].target_ids.to(hidden.device) for j in seq_plan])
+        flat = hidden.reshape(-1, hidden.shape[-1])[seq_of_row * length + pos - 1]
+        head = inner.get_output_embeddings()
+        lp = ops.target_logprobs(flat, head.weight, tgt, getattr(head, "bias", None))
+        per_seq = torch.zeros(len(seq_plan), dtype=lp.dtype, device=lp.device).index_add(0, seq_of_row, lp)
+        per_seq = per_seq / lengths.to(lp.dtype)
+        out = list(per_seq.split(seq_count))
+        if reuse:
+            for j, plan in enumerate(plans):
+                logits = full_logits[plan.index, plan.target_positions - 1]
+                logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+                full = (logits.gather(-1, plan.target_ids[:, None].to(logits.device)).squeeze(-1)
+                        - torch.logsumexp(logits, -1)).mean()
+                out[j] = torch.cat([out[j], full.to(out[j].dtype)[None]])
+        return out
+
+
+def _present(player_of_token: Tensor, masks: Tensor) -> Tensor:
+    """[M, T] bool: token t is present under mask m (non-players always are)."""
+    is_player = player_of_token >= 0
+    bit = player_of_token.clamp(min=0)
+    return ((masks[:, None] >> bit[None, :]) & 1).bool() | ~is_player[None, :]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside DDP / FSDP / accelerate wrappers (their .module)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def _check_model(inner: nn.Module) -> None:
+    if not (hasattr(inner, "get_input_embeddings") and hasattr(inner, "get_output_embeddings")):
+        raise TypeError(f"{type(inner).__name__} is not a Hugging Face causal LM; CIP needs get_input_embeddings, "
+                        f"get_output_embeddings and a forward taking inputs_embeds")
+    config = getattr(inner, "config", None)
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, name, None) not in (None, 1.0):
+            raise ValueError(f"{type(inner).__name__} transforms its logits ({name}); CIP applies the LM head "
+                             f"directly and does not support that yet")
+
+
+def _last_hidden_state(model: nn.Module, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+    """The final hidden states (after the last norm) of a Hugging Face causal LM, computed by a call of `model`
+    itself, so that a DistributedDataParallel wrapper sees the forward and synchronises the gradients. The LM
+    head runs on the last position only (logits_to_keep=1); CIP applies it at the target positions itself."""
+    inner = unwrap_model(model)
+    kwargs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
+                  use_cache=False, return_dict=True)
+    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    return model(**kwargs).hidden_states[-1]
+
+
+def _unpack(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    if "input_ids" not in batch or "labels" not in batch:
+        raise ValueError("CIP needs a batch with input_ids and labels (labels = -100 on the prompt and padding, "
+                         "the target token ids y* elsewhere, as Hugging Face's causal LMs take them)")
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    if input_ids.dim() != 2 or labels.shape != input_ids.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and labels {tuple(labels.shape)} must both be "
+                         f"[batch, seq]")
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    return input_ids, attention_mask, labels, batch.get("player_mask")
