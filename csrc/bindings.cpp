@@ -1,6 +1,7 @@
 // pybind11 module kdi_fast._C. Tensors cross as raw data pointers (tensor.data_ptr()) plus sizes, so the
 // module needs no torch headers; the Python side checks dtype, contiguity and device before calling.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <stdexcept>
@@ -43,6 +44,14 @@ void compact_cpu(std::uintptr_t ptr, const std::string& dtype, int64_t rows, int
   });
 }
 
+void emulate_dense_cuda(std::uintptr_t ptr, const std::string& dtype, int64_t rows, int n, int sign, bool superset) {
+  by_dtype(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    py::gil_scoped_release release;
+    kdi::emulate_transform_dense_cuda<T>(reinterpret_cast<T*>(ptr), rows, n, sign, superset);
+  });
+}
+
 #ifdef KDI_FAST_WITH_CUDA
 void dense_cuda(std::uintptr_t ptr, const std::string& dtype, int64_t rows, int n, int sign, bool superset,
                 std::uintptr_t stream) {
@@ -72,6 +81,7 @@ py::dict build_info() {
   info["cuda_archs"] = "";
 #endif
   info["compiler"] = __VERSION__;
+  info["simd"] = kdi::cpu_simd_isa();
   return info;
 }
 
@@ -86,6 +96,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("transform_compact_cpu", &compact_cpu, py::arg("ptr"), py::arg("dtype"), py::arg("rows"), py::arg("len"),
         py::arg("dst"), py::arg("src"), py::arg("offsets"), py::arg("nbits"), py::arg("sign"), py::arg("superset"),
         py::arg("threads") = 0, "In-place butterfly over rows in the compact (orders <= k) layout.");
+  m.def("simd_isas", &kdi::cpu_simd_isas, "The CPU instruction sets compiled in and supported here, best first.");
+  m.def("_set_simd", &kdi::set_cpu_simd_isa, py::arg("isa"),
+        "Switch the CPU kernels to another instruction set (for tests and benchmarks).");
+  m.def("_emulate_transform_dense_cuda", &emulate_dense_cuda, py::arg("ptr"), py::arg("dtype"), py::arg("rows"),
+        py::arg("n"), py::arg("sign"), py::arg("superset"),
+        "The CUDA kernels' steps run on the CPU, one thread at a time (tests the CUDA indexing without a GPU).");
 #ifdef KDI_FAST_WITH_CUDA
   m.def("transform_dense_cuda", &dense_cuda, py::arg("ptr"), py::arg("dtype"), py::arg("rows"), py::arg("n"),
         py::arg("sign"), py::arg("superset"), py::arg("stream") = 0,
