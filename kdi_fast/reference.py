@@ -74,12 +74,15 @@ def masked_embeddings(embeds: Tensor, player_of_token: Tensor, masks: Tensor, ba
 
     embeds [T, H]; player_of_token [T] int64 (-1: not a player, always kept); masks [M] int64 (bit i = player i
     present); baseline [H] (or [T, H], one baseline per position). Returns [M, T, H].
+    Batched, B prompts at once: embeds [B, T, H], player_of_token [B, T], masks [M] (shared) or [B, M],
+    baseline [H], [T, H] or [B, T, H]. Returns [B, M, T, H].
     """
     player = player_of_token.to(masks.device)
     is_player = player >= 0
     bit = torch.where(is_player, player, torch.zeros_like(player))
-    present = ((masks[:, None] >> bit[None, :]) & 1).bool() | ~is_player[None, :]
-    return torch.where(present[:, :, None], embeds[None], baseline.expand_as(embeds)[None].to(embeds.dtype))
+    present = ((masks[..., :, None] >> bit[..., None, :]) & 1).bool() | ~is_player[..., None, :]  # [(B,) M, T]
+    base = baseline.to(embeds.dtype).expand_as(embeds)
+    return torch.where(present[..., None], embeds[..., None, :, :], base[..., None, :, :])
 
 
 def target_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
