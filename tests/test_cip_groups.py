@@ -1,4 +1,5 @@
-"""Players for CIP: words from token ids (whitespace-delimited, as str.split) and seeded random partitions."""
+"""Players for CIP: words from token ids (the same words as the engine finds from the prompt text and the
+tokenizer's offsets) and seeded random partitions."""
 
 import itertools
 
@@ -6,25 +7,32 @@ import pytest
 import torch
 
 from kdi_fast.engine.groups import partition_seed, player_of_token, random_groups, word_ids, words
+from kdi_fast.engine.players import encode_prompt
 
 TEXTS = [
     "Hello, world! The price is 3.5 dollars.",
     "I am a green hand means that I am a",
     "Robin has 28 packages of gum and 13 packages of candy.\nThere are 4 pieces in each package.",
     "Spaces  twice and\ttabs, unicode café naïve — dash",
+    "don't O'Neil's home-town 2+2? 日本語 😀😀!",
 ]
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_words_are_the_whitespace_words_of_the_text(smollm_tokenizer, text):
+def test_words_from_ids_are_the_engines_words(smollm_tokenizer, text):
     ids = smollm_tokenizer(text).input_ids
-    assert words(ids, smollm_tokenizer) == text.split()
+    engine = encode_prompt(smollm_tokenizer, text)
+    assert list(engine.input_ids) == ids
+    assert words(ids, smollm_tokenizer) == list(engine.words)
+    assert word_ids(ids, smollm_tokenizer).tolist() == list(engine.word_of_token)
+
+
+def test_words_by_hand(smollm_tokenizer):
+    ids = smollm_tokenizer("Hello, world! It costs 3.5 dollars").input_ids
+    assert words(ids, smollm_tokenizer) == ["Hello", ",", "world", "!", "It", "costs", "3", ".", "5", "dollars"]
     wid = word_ids(ids, smollm_tokenizer)
-    assert wid.shape == (len(ids),) and int(wid.max()) + 1 == len(text.split())
-    # word ids are non-decreasing over the players and every word is one contiguous run of tokens
-    players = wid[wid >= 0]
-    assert torch.all(players[1:] >= players[:-1])
-    assert torch.equal(torch.unique_consecutive(players), torch.arange(len(text.split())))
+    players = wid[wid >= 0]  # every word is one contiguous run of tokens, in order
+    assert torch.equal(torch.unique_consecutive(players), torch.arange(10))
 
 
 def test_special_and_whitespace_tokens_are_not_players(smollm_tokenizer):
@@ -43,7 +51,7 @@ def test_special_and_whitespace_tokens_are_not_players(smollm_tokenizer):
     mask = torch.zeros_like(ids, dtype=torch.bool)
     end = start + 1 + len(smollm_tokenizer("\nWhat is 2 + 2?").input_ids)
     mask[start + 1:end] = True
-    assert words(ids, smollm_tokenizer, player_mask=mask) == ["What", "is", "2", "+", "2?"]
+    assert words(ids, smollm_tokenizer, player_mask=mask) == ["What", "is", "2", "+", "2", "?"]
 
 
 def test_without_a_tokenizer_every_allowed_token_is_a_word():

@@ -1,9 +1,12 @@
-"""Players from tokens: which word each token belongs to, and seeded random partitions of words into m groups.
+"""Players from token ids: which word each token belongs to, and seeded random partitions of words into m groups.
 
-Words are whitespace-delimited, as in `text.split()`: a token starts a new word when its text begins with
-whitespace (GPT-2/SentencePiece markers "Ġ"/"▁" included) or when the token before it is not a player.
-Tokens that are not players get word id -1: special tokens (BOS, chat-template markers, padding) and tokens
-that are only whitespace (" ", "\\n"). Punctuation stays with its word ("world!" is one word).
+Words are the engine's (kdi_fast.engine.players): runs of letters/digits (with inner apostrophes or hyphens) or
+runs of punctuation, found on the text of the tokens; a token belongs to the word its characters overlap, and
+words that share a token are merged. Here the text comes from the token ids themselves (no prompt string, no
+offsets: training batches only have ids), so that a prompt gets the same words from `word_ids` as from the
+engine's `encode_prompt`. Tokens that are not players get word id -1: special tokens (BOS, chat-template
+markers, padding), whitespace-only tokens, and tokens outside `player_mask`; a non-player token also separates
+words.
 """
 
 from __future__ import annotations
@@ -15,32 +18,52 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-_WORD_START_MARKERS = ("Ġ", "▁", "Ċ")
+from .players import split_words
 
 
 class TokenTable:
-    """Per vocabulary id: does the token start a word, is it a non-player (special or whitespace only)?
+    """Per vocabulary id: its text (the token string as the tokenizer writes it) and whether it is special.
 
-    Built once per tokenizer (a fraction of a second for 50k tokens); word_ids() then works on tensors.
+    Built once per tokenizer (a fraction of a second for 50k tokens) and cached by token_table().
     """
 
     def __init__(self, tokenizer):
         vocab = len(tokenizer)
-        pieces = tokenizer.convert_ids_to_tokens(list(range(vocab)))
+        self.tokenizer = tokenizer
+        self.tokens = tokenizer.convert_ids_to_tokens(list(range(vocab)))
         special = set(tokenizer.all_special_ids)
         special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
-        starts, skip = torch.zeros(vocab, dtype=torch.bool), torch.zeros(vocab, dtype=torch.bool)
-        for i, piece in enumerate(pieces):
-            if piece is None or i in special:
-                skip[i] = True
-                continue
-            text = tokenizer.convert_tokens_to_string([piece])
-            if not text.strip():
-                skip[i] = True
-            elif text[:1].isspace() or piece.startswith(_WORD_START_MARKERS):
-                starts[i] = True
-        self.starts_word = starts
-        self.non_player = skip
+        self.special = torch.zeros(vocab, dtype=torch.bool)
+        self.special[[i for i in special if 0 <= i < vocab]] = True
+        self.text = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in self.tokens]
+
+    def spans(self, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+        """The text of a run of tokens and each token's character span in it.
+
+        Fast path: the tokens' own texts concatenate to the run's text. Otherwise (a character split over
+        several byte tokens) spans come from decoding growing prefixes; a token then spans the characters it
+        completes, and every token of a split character overlaps it."""
+        pieces = [self.text[i] for i in ids]
+        text = "".join(pieces)
+        tokens = [self.tokens[i] for i in ids]
+        if text == self.tokenizer.convert_tokens_to_string(tokens):
+            spans, at = [], 0
+            for piece in pieces:
+                spans.append((at, at + len(piece)))
+                at += len(piece)
+            return text, spans
+        spans, previous = [], ""
+        for i in range(len(ids)):
+            current = self.tokenizer.convert_tokens_to_string(tokens[:i + 1])
+            common = 0
+            while common < min(len(previous), len(current)) and previous[common] == current[common]:
+                common += 1
+            spans.append((common, len(current)))
+            previous = current
+        for i in range(len(spans) - 2, -1, -1):  # a byte token that adds no character yet: the next one's first
+            if spans[i][0] >= spans[i][1] and spans[i + 1][0] < spans[i + 1][1]:
+                spans[i] = (spans[i + 1][0], spans[i + 1][0] + 1)
+        return previous, spans
 
 
 @lru_cache(maxsize=8)
@@ -56,13 +79,33 @@ def token_table(tokenizer) -> TokenTable:
         return TokenTable(tokenizer)
 
 
-def word_ids(token_ids: Sequence[int] | Tensor, tokenizer=None, *, player_mask: Tensor | None = None) -> Tensor:
-    """Per token, the index of the word it belongs to (0, 1, ...), or -1 for tokens that are not players.
+def _words_of_run(table: TokenTable, ids: list[int]) -> tuple[list[int], list[str]]:
+    """Word index per token (-1: none) and the word texts, for a run of player tokens (engine rules)."""
+    text, spans = table.spans(ids)
+    words = split_words(text)
+    hits_of_token = []
+    for a, b in spans:
+        hits, w = [], 0
+        while w < len(words) and words[w][0] < b:
+            if words[w][1] > a and b > a:
+                hits.append(w)
+            w += 1
+        hits_of_token.append(hits)
+    join = [False] * len(words)
+    for hits in hits_of_token:
+        for w in hits[:-1]:
+            join[w] = True
+    merged_of_raw, merged = [], []
+    for w, (a, b) in enumerate(words):
+        if w > 0 and join[w - 1]:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+        merged_of_raw.append(len(merged) - 1)
+    return [merged_of_raw[h[0]] if h else -1 for h in hits_of_token], [text[a:b] for a, b in merged]
 
-    token_ids [T]; tokenizer: a Hugging Face tokenizer, or None to make every token its own word;
-    player_mask [T] bool (optional): tokens outside it are never players (e.g. the chat template around a
-    user message, or the answer part). Returns int64 [T] on the device of token_ids.
-    """
+
+def _word_ids_and_texts(token_ids, tokenizer, player_mask) -> tuple[Tensor, list[str]]:
     ids = torch.as_tensor(token_ids, dtype=torch.int64)
     if ids.dim() != 1:
         raise ValueError(f"token_ids must be one sequence [T], got shape {tuple(ids.shape)}")
@@ -70,26 +113,42 @@ def word_ids(token_ids: Sequence[int] | Tensor, tokenizer=None, *, player_mask: 
     if allowed.shape != ids.shape:
         raise ValueError(f"player_mask has shape {tuple(allowed.shape)}, token_ids {tuple(ids.shape)}")
     if tokenizer is None:
-        starts = torch.ones_like(allowed)
-    else:
-        table = token_table(tokenizer)
-        if ids.numel() and (ids.min() < 0 or ids.max() >= table.starts_word.numel()):
-            raise ValueError(f"token ids must lie in [0, {table.starts_word.numel()}) for this tokenizer")
-        cpu = ids.cpu()
-        allowed = allowed & ~table.non_player[cpu].to(ids.device)
-        starts = table.starts_word[cpu].to(ids.device)
-    previous_allowed = torch.cat([allowed.new_zeros(1), allowed[:-1]])
-    new_word = allowed & (starts | ~previous_allowed)
-    ids_out = torch.cumsum(new_word.long(), 0) - 1
-    return torch.where(allowed, ids_out, torch.full_like(ids_out, -1))
+        out = torch.cumsum(allowed.long(), 0) - 1
+        out = torch.where(allowed, out, torch.full_like(out, -1))
+        return out, [str(int(t)) for t in ids[allowed]]
+    table = token_table(tokenizer)
+    if ids.numel() and (ids.min() < 0 or ids.max() >= table.special.numel()):
+        raise ValueError(f"token ids must lie in [0, {table.special.numel()}) for this tokenizer")
+    allowed = (allowed.cpu() & ~table.special[ids.cpu()]).tolist()
+    flat = ids.tolist()
+    out, texts, t = [-1] * len(flat), [], 0
+    while t < len(flat):  # runs of player tokens; anything else separates words
+        if not allowed[t]:
+            t += 1
+            continue
+        end = t
+        while end < len(flat) and allowed[end]:
+            end += 1
+        word_of, run_texts = _words_of_run(table, flat[t:end])
+        out[t:end] = [w + len(texts) if w >= 0 else -1 for w in word_of]
+        texts += run_texts
+        t = end
+    return torch.tensor(out, dtype=torch.int64, device=ids.device), texts
+
+
+def word_ids(token_ids: Sequence[int] | Tensor, tokenizer=None, *, player_mask: Tensor | None = None) -> Tensor:
+    """Per token, the index of the word it belongs to (0, 1, ...), or -1 for tokens that are not players.
+
+    token_ids [T]; tokenizer: a Hugging Face tokenizer, or None to make every token its own word;
+    player_mask [T] bool (optional): tokens outside it are never players (e.g. the chat template around a
+    user message, or the answer part). Returns int64 [T] on the device of token_ids.
+    """
+    return _word_ids_and_texts(token_ids, tokenizer, player_mask)[0]
 
 
 def words(token_ids: Sequence[int] | Tensor, tokenizer, *, player_mask: Tensor | None = None) -> list[str]:
-    """The text of each word that word_ids() finds (stripped of surrounding whitespace)."""
-    ids = torch.as_tensor(token_ids, dtype=torch.int64)
-    wid = word_ids(ids, tokenizer, player_mask=player_mask)
-    count = int(wid.max()) + 1 if wid.numel() else 0
-    return [tokenizer.decode(ids[wid == w].tolist()).strip() for w in range(count)]
+    """The text of each word that word_ids() finds."""
+    return _word_ids_and_texts(token_ids, tokenizer, player_mask)[1]
 
 
 def partition_seed(seed: int, *parts: int | Sequence[int] | Tensor) -> int:

@@ -3,7 +3,8 @@ encodes, added to any KD loss.
 
 For each prompt x of a batch (input_ids, attention_mask, labels in the Hugging Face convention):
   y*       the labelled tokens (labels != -100), teacher-forced; at most max_target_tokens of them;
-  words    the whitespace words of the prompt part (the tokens before the first label; see engine.groups);
+  words    the words of the prompt part (the tokens before the first label), as the engine finds them
+           (kdi_fast.engine.groups.word_ids: the engine's word rules applied to the token ids);
   players  the words split at random into m groups S_1..S_m (seeded per prompt and step), or the words
            themselves when the prompt has at most `exact_up_to` words (exact mode; default m);
   v(x_K)   log(p / (1 - p)) with log p the mean log-prob of y* when only the players in K are present
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
+from ..engine import forward as _forward
 from ..engine import groups as _groups
 
 MASKINGS = ("embedding", "token", "attention")
@@ -258,8 +260,8 @@ class CIP(nn.Module):
         pos = torch.cat([plans[j].target_positions.to(hidden.device) for j in seq_plan])
         tgt = torch.cat([plans[j].target_ids.to(hidden.device) for j in seq_plan])
         flat = hidden.reshape(-1, hidden.shape[-1])[seq_of_row * length + pos - 1]
-        head = inner.get_output_embeddings()
-        lp = ops.target_logprobs(flat, head.weight, tgt, getattr(head, "bias", None))
+        weight, bias = _forward.lm_head(inner)
+        lp = ops.target_logprobs(flat, weight, tgt, bias)
         per_seq = torch.zeros(len(seq_plan), dtype=lp.dtype, device=lp.device).index_add(0, seq_of_row, lp)
         per_seq = per_seq / lengths.to(lp.dtype)
         out = list(per_seq.split(seq_count))
@@ -288,14 +290,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _check_model(inner: nn.Module) -> None:
-    if not (hasattr(inner, "get_input_embeddings") and hasattr(inner, "get_output_embeddings")):
+    if not hasattr(inner, "get_input_embeddings"):
         raise TypeError(f"{type(inner).__name__} is not a Hugging Face causal LM; CIP needs get_input_embeddings, "
                         f"get_output_embeddings and a forward taking inputs_embeds")
-    config = getattr(inner, "config", None)
-    for name in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, name, None) not in (None, 1.0):
-            raise ValueError(f"{type(inner).__name__} transforms its logits ({name}); CIP applies the LM head "
-                             f"directly and does not support that yet")
+    _forward.lm_head(inner)  # raises for heads that the fused target log-prob op cannot reproduce
 
 
 def _last_hidden_state(model: nn.Module, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
