@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdi_fast.cli import main
 from kdi_fast.cli.interactions import parse_baseline, parse_players, parse_size
@@ -148,3 +149,99 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("kdi interactions: error:") and message in err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# End to end on a tiny model saved with save_pretrained
+# ----------------------------------------------------------------------------------------------------------
+
+PROMPTS = [
+    {"id": "cat", "prompt": "The small cat sat on the warm mat"},
+    {"id": "sky", "prompt": "Why is the sky blue during the day?", "target": " Light"},
+    {"id": "key", "prompt": "She lost her key and could not open the door", "players": [[0], [2, 3], [8]]},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer):
+    from kdi_fast.models import tiny_causal_lm
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_causal_lm("llama", seed=3).save_pretrained(path)
+    smollm_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    return _write(tmp_path / "prompts.jsonl", "".join(json.dumps(p) + "\n" for p in PROMPTS))
+
+
+def test_cli_end_to_end_matches_the_library(tmp_path, tiny_model_dir, prompt_file, capsys):
+    from kdi_fast.engine import InteractionResult, compute_interactions
+    from kdi_fast.models import load_model, load_tokenizer
+
+    out = tmp_path / "out"
+    argv = ["interactions", "--model", str(tiny_model_dir), "--data", str(prompt_file), "--n", "3",
+            "--target-tokens", "2", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 prompts: 3 computed, 0 already done" in printed and str(out / "summary.json") in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["manifest"]["model"] == str(tiny_model_dir.resolve())
+    assert summary["manifest"]["settings"]["max_target_tokens"] == 2
+
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    for spec, entry in zip(PROMPTS, summary["results"]):
+        result = InteractionResult.load(out / f"{spec['id']}.safetensors")
+        assert entry["id"] == spec["id"] and result.prompt == spec["prompt"]
+        direct = compute_interactions(model, tok, [spec["prompt"]], targets=[spec["target"]] if "target" in spec
+                                      else None, players=[spec["players"]] if "players" in spec else None,
+                                      n_players=3, max_target_tokens=2, progress=False)[0]
+        assert result.target_ids == direct.target_ids and result.players == direct.players
+        torch.testing.assert_close(result.values, direct.values, rtol=0, atol=1e-12)
+        assert result.matching_error() < 1e-9
+
+    # A second run finds everything done; other settings are refused until --overwrite.
+    assert main(argv) == 0
+    assert "3 prompts: 0 computed, 3 already done" in capsys.readouterr().out
+    assert main([*argv, "--masking", "token"]) == 2
+    assert "settings.masking: 'embedding' -> 'token'" in capsys.readouterr().err
+    assert main([*argv, "--masking", "token", "--overwrite", "--limit", "1"]) == 0
+    assert "1 prompts: 1 computed, 0 already done" in capsys.readouterr().out
+
+
+def test_cli_tokenizer_missing_from_model_dir(tmp_path, capsys, prompt_file):
+    from kdi_fast.models import tiny_causal_lm
+
+    tiny_causal_lm("gpt2", seed=0).save_pretrained(tmp_path / "no-tokenizer")
+    assert main(["interactions", "--model", str(tmp_path / "no-tokenizer"), "--data", str(prompt_file),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_on_the_real_default_model(tmp_path, capsys):
+    """SmolLM2-135M-Instruct (the default --model) on two built-in prompts: the matching check holds and v(x_N)
+    is the log-odds of the geometric-mean probability of y* that a plain forward of prompt + y* gives."""
+    from kdi_fast.engine import InteractionResult
+    from kdi_fast.models import load_model, load_tokenizer
+    from kdi_fast.reference import logodds_from_mean_logprob
+
+    out = tmp_path / "real"
+    assert main(["interactions", "--limit", "2", "--n", "4", "--target-tokens", "4", "--out", str(out),
+                 "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["manifest"]["model"] == "smollm2" and summary["prompts"] == 2
+    assert summary["max_matching_error"] < 1e-9
+    model, tok = load_model("smollm2"), load_tokenizer("smollm2")
+    for entry in summary["results"]:
+        result = InteractionResult.load(out / entry["file"])
+        assert result.n == 4 and torch.isfinite(result.values).all()
+        ids = torch.tensor([tok(result.prompt)["input_ids"] + result.target_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        L = len(result.target_ids)
+        positions = torch.arange(ids.shape[1] - L - 1, ids.shape[1] - 1)
+        mean_logprob = logp[positions, torch.tensor(result.target_ids)].mean()
+        assert float(result.values[-1]) == pytest.approx(float(logodds_from_mean_logprob(mean_logprob)), abs=1e-3)

@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "interactions", help="interactions of a causal LM on a prompt data set (resumable, data parallel)",
         description="Compute v(x_T) on all 2^n masked inputs and the Harsanyi interactions I_S for every prompt "
-                    "of a data set; write OUT/<id>.safetensors (+ .json) per prompt and OUT/summary.json. "
+                    "of a data set; write OUT/<id>.safetensors per prompt and OUT/summary.json. "
                     "Run it again with the same --out to resume. Under torchrun each rank takes a shard.")
     p.add_argument("--model", default="smollm2",
                    help="a local Hugging Face model directory, or 'smollm2' for SmolLM2-135M-Instruct (default)")
@@ -33,7 +33,9 @@ def register(subparsers) -> None:
                         "line, or plain text with one prompt per line; 'builtin' (default) = 40 packaged prompts")
     p.add_argument("--out", default=None,
                    help="output directory (default runs/interactions/<model name>)")
-    p.add_argument("--n", type=int, default=10, help="players per prompt when chosen automatically (default 10)")
+    p.add_argument("--n", "--n-players", dest="n", type=int, default=10,
+                   help="players per prompt when chosen automatically (default 10; under torchrun write "
+                        "--n-players, since torchrun takes --n for its own --nnodes/--nproc-per-node)")
     p.add_argument("--players", default="auto",
                    help="players of prompts whose data does not name them: 'auto' (default), word indices "
                         "'0,2,5', or groups joined by '+': '0+1,3,5+6'")
@@ -84,11 +86,10 @@ def parse_size(text: str | None) -> int | None:
     """'2GB' / '512MiB' / '1.5g' / '1000000' -> bytes (K, M, G, T are powers of 1024); None stays None."""
     if text is None:
         return None
-    m = _SIZE.match(str(text))
-    if not m or float(m.group(1)) <= 0:
+    match = _SIZE.fullmatch(str(text))
+    if not match or float(match.group(1)) <= 0:
         raise ValueError(f"--memory-budget {text!r}: give a size like 2GB, 512MB or a number of bytes")
-    scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
-    return int(float(m.group(1)) * scale)
+    return int(float(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower()))
 
 
 def parse_baseline(text: str) -> str | int:
@@ -135,14 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device)
         torch.manual_seed(args.seed)
-        tokenizer_source = args.tokenizer or args.model
-        try:
-            tokenizer = load_tokenizer(tokenizer_source)
-        except (OSError, ValueError) as err:
-            if isinstance(err, FileNotFoundError):
-                raise
-            raise ValueError(f"cannot load a tokenizer from {tokenizer_source!r} ({err}); pass --tokenizer DIR") \
-                from None
+        tokenizer = _load_tokenizer(args.tokenizer or args.model, load_tokenizer)
         model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
         summary = run_interactions(
             model, tokenizer, records, out_dir, model_name=model_name, players=players, n_players=args.n,
@@ -158,9 +152,30 @@ def _run(args: argparse.Namespace) -> int:
     if rank == 0:
         print(f"{summary.prompts} prompts: {summary.computed} computed, {summary.skipped} already done "
               f"({summary.seconds:.1f} s); max matching error {summary.max_matching_error:.2e}")
-        print(f"results: {summary.out_dir}/<id>.safetensors (+ .json), one per prompt")
+        print(f"results: {summary.out_dir}/<id>.safetensors, one per prompt (kdi_fast.engine.InteractionResult.load)")
         print(f"summary: {summary.summary_path}")
     return 0
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
+
+
+def _load_tokenizer(source: str, load_tokenizer):
+    """The tokenizer of a model directory; a clear error when the directory has none (transformers would
+    otherwise build an empty tokenizer from the model config)."""
+    path = Path(source)
+    if path.is_dir() and not any((path / name).exists() for name in _TOKENIZER_FILES):
+        raise ValueError(f"{source} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...); pass "
+                         f"--tokenizer DIR, or save the tokenizer beside the model (tokenizer.save_pretrained)")
+    try:
+        tokenizer = load_tokenizer(source)
+    except (OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"cannot load a tokenizer from {source!r} ({err}); pass --tokenizer DIR") from None
+    if len(tokenizer) < 2:
+        raise ValueError(f"the tokenizer of {source!r} is empty; pass --tokenizer DIR")
+    return tokenizer
 
 
 def _init_distributed(device_arg: str | None):

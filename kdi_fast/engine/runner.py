@@ -2,7 +2,7 @@
 
 Layout of an output directory:
   manifest.json        model, settings and the data digest; checked when a run restarts
-  <id>.safetensors     one InteractionResult per prompt (+ its JSON metadata), written atomically
+  <id>.safetensors     one InteractionResult per prompt (tensors + JSON metadata), written atomically
   summary.json         written at the end: every prompt's file, n, target, v(x_N), matching error, top interactions
 
 Resume: a prompt whose result file loads is skipped, so a killed run restarts where it stopped; nothing is
@@ -50,7 +50,7 @@ class RunSummary:
 
 
 def result_path(out_dir: str | Path, record_id: str) -> Path:
-    """The result file of one prompt: out_dir/<id>.safetensors (its JSON metadata sits beside it)."""
+    """The result file of one prompt: out_dir/<id>.safetensors (InteractionResult.save/load)."""
     return Path(out_dir) / f"{record_id}{RESULT_SUFFIX}"
 
 
