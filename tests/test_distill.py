@@ -116,7 +116,7 @@ def _weights_after(tmp_path, name, tokenizer, config, *, stop_after=None):
 @pytest.mark.parametrize("method, extra", [
     ("distillm", {"sgo_initial": 1.0, "sgo_max_prob": 1.0, "replay_ratio": 0.5}),  # replay buffer + sampling
     ("gkd", {"student_share": 0.5}),  # coin flips and student samples
-    ("kd", {"teacher_noise": 1.0, "temperature": 2.0}),  # noise generator
+    ("kd", {"teacher_noise": 1.0, "temperature": 2.0, "cip_weight": 1.0}),  # noise generator, CIP partitions
 ])
 def test_resume_after_interruption_gives_identical_weights(method, extra, tokenizer, tmp_path):
     config = _config(method, steps=5, checkpoint_every=2, **extra)
@@ -131,6 +131,17 @@ def test_resume_after_interruption_gives_identical_weights(method, extra, tokeni
     assert [e["source"] for e in log_resumed] == [e["source"] for e in log_straight]
     if method == "distillm":
         assert {"replay", "student"} <= {e["source"] for e in log_straight}
+
+
+def test_cip_is_added_to_the_loss_on_the_words_of_the_user_text(tokenizer, tmp_path):
+    items = tokenize_examples(tokenizer, EXAMPLES, max_length=64)
+    batch = collate(items, pad_id=2)
+    for row, example in enumerate(EXAMPLES):  # players come from the user's text, not the chat template
+        assert tokenizer.decode(batch["input_ids"][row][batch["player_mask"][row]]) == example.prompt
+    config = _config("kd", steps=2, cip_weight=2.0, cip_m=3)
+    distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path, config, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert all(e["cip"] > 0 and e["loss"] == pytest.approx(e["kd"] + e["cip"], rel=1e-5) for e in log)
 
 
 def test_completed_run_is_not_redone_and_changed_config_is_refused(tokenizer, tmp_path):

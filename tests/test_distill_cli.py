@@ -48,7 +48,7 @@ def _args(teacher_dir, data_file, out, *extra):
 def test_cli_distills_and_evaluates(teacher_dir, data_file, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(_args(teacher_dir, data_file, out, "--method", "gkd", "--steps", "2", "--temperature", "2",
-                    "--interaction-prompts", "0"))
+                    "--interaction-prompts", "2", "--n-players", "4"))  # M = 15: K = floor(0.1 M) = 1
     assert rc == 0
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert set(summary["models"]) == {"teacher", "student_before", "student_after"}
@@ -57,6 +57,10 @@ def test_cli_distills_and_evaluates(teacher_dir, data_file, tmp_path, capsys):
         scores = summary["models"][name]
         assert {"rouge_l", "accuracy", "agreement", "fidelity"} <= set(scores)
         assert 0 <= scores["agreement"] <= 1 and 0 <= scores["rouge_l"] <= 100
+        assert 0 <= scores["overlap"] <= 1 and 0 <= scores["gini"] <= 1
+    assert summary["interaction_prompts"] == 2 and "overlap" not in summary["models"]["teacher"]
+    assert (out / "eval" / "report" / "report.md").is_file()
+    assert len(list((out / "eval" / "interactions" / "student_after").iterdir())) >= 2
     rows = [json.loads(line) for line in (out / "eval" / "outputs.jsonl").read_text().splitlines()]
     assert [r["reference"] for r in rows] == [r for _, r in PAIRS[-2:]]  # the held-out tail of the file
     run = json.loads((out / "run.json").read_text())

@@ -149,10 +149,18 @@ def answer_extractor(examples: Sequence[Example]) -> Callable[[str], Hashable | 
 
 @dataclass(frozen=True)
 class TokenizedExample:
-    """Token ids of the chat-formatted prompt and of the response (ending with the end-of-turn token)."""
+    """Token ids of the chat-formatted prompt and of the response (ending with the end-of-turn token).
+
+    content: (start, end) of the user's own text within prompt_ids (the chat template's tokens around it are
+    not words of the prompt: CIP takes its players from this span only); None when unknown.
+    """
 
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
+    content: tuple[int, int] | None = None
+
+    def with_response(self, response_ids: Sequence[int]) -> "TokenizedExample":
+        return TokenizedExample(self.prompt_ids, tuple(response_ids), self.content)
 
 
 def chat_prompt(tokenizer, prompt: str) -> str:
@@ -173,6 +181,19 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> list[tuple[int, ...]]
     return [tuple(tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
 
 
+def _tokenize_prompt(tokenizer, prompt: str) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """The chat-formatted prompt's ids and the token span of the user's text in them (via offsets)."""
+    text = chat_prompt(tokenizer, prompt)
+    if not getattr(tokenizer, "is_fast", False):
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]), None
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    start_char = text.rfind(prompt)
+    end_char = start_char + len(prompt)
+    inside = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if start_char <= a and b <= end_char and b > a]
+    span = (inside[0], inside[-1] + 1) if start_char >= 0 and inside else None
+    return tuple(encoded["input_ids"]), span
+
+
 def tokenize_examples(tokenizer, examples: Sequence[Example], responses: Sequence[str] | None = None,
                       *, max_length: int = 256) -> list[TokenizedExample]:
     """Tokenise prompts (chat template) and responses (+ end of turn), responses overriding examples' own.
@@ -183,28 +204,39 @@ def tokenize_examples(tokenizer, examples: Sequence[Example], responses: Sequenc
     eot = end_of_turn_id(tokenizer)
     texts = [e.response for e in examples] if responses is None else list(responses)
     out = []
-    for prompt_ids, text in zip(tokenize_prompts(tokenizer, [e.prompt for e in examples]), texts):
+    for example, text in zip(examples, texts):
+        prompt_ids, span = _tokenize_prompt(tokenizer, example.prompt)
         response_ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) + (eot,)
         if len(prompt_ids) + len(response_ids) > max_length:
             keep_response = min(len(response_ids), max(max_length // 2, max_length - len(prompt_ids)))
             response_ids = response_ids[:keep_response]
-            prompt_ids = prompt_ids[len(prompt_ids) - (max_length - keep_response):]
-        out.append(TokenizedExample(tuple(prompt_ids), response_ids))
+            drop = len(prompt_ids) - (max_length - keep_response)
+            prompt_ids = prompt_ids[drop:]
+            if span is not None:
+                span = (max(0, span[0] - drop), span[1] - drop) if span[1] - drop > 0 else None
+        out.append(TokenizedExample(tuple(prompt_ids), response_ids, span))
     return out
 
 
 def collate(items: Sequence[TokenizedExample], pad_id: int) -> dict[str, Tensor]:
-    """Right-padded batch: input_ids, attention_mask and labels (response tokens only; -100 elsewhere)."""
+    """Right-padded batch: input_ids, attention_mask and labels (response tokens only; -100 elsewhere), and
+    player_mask (True on the user's text) when every item knows its content span."""
     length = max(len(it.prompt_ids) + len(it.response_ids) for it in items)
     input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(items), length), dtype=torch.long)
     labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+    player_mask = torch.zeros((len(items), length), dtype=torch.bool)
     for row, it in enumerate(items):
         ids = it.prompt_ids + it.response_ids
         input_ids[row, :len(ids)] = torch.tensor(ids)
         attention_mask[row, :len(ids)] = 1
         labels[row, len(it.prompt_ids):len(ids)] = torch.tensor(it.response_ids)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if it.content is not None:
+            player_mask[row, it.content[0]:it.content[1]] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if all(it.content is not None for it in items):
+        batch["player_mask"] = player_mask
+    return batch
 
 
 def prompt_batch(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:

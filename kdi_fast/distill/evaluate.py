@@ -119,10 +119,21 @@ def interaction_scores(results: Sequence, teacher_results: Sequence | None, *, k
     return {key: _mean(row[key] for row in rows) for key in rows[0]}
 
 
+def _finite_or_none(obj):
+    """NaN/inf become None, so that the file is standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(json.dumps(_finite_or_none(obj), indent=2, default=str, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -132,15 +143,19 @@ def _save_interactions(evaluation: ModelEval, folder: Path) -> None:
         result.save(folder / f"{i:05d}")
 
 
-def _write_report(evals: Sequence[ModelEval], out: Path) -> str | None:
-    """The interaction report of kdi_fast.report for the teacher and the students, when that module has it."""
-    try:
-        from ..report import write_report
-    except ImportError:
-        return None
+def _write_report(evals: Sequence[ModelEval], out: Path, settings: EvalSettings, extractor) -> str:
+    """The interaction report (kdi_fast.report) of the teacher and the students on the interaction prompts."""
+    from ..metrics.comparison import compare_models
+    from ..report import write_report
+
     teacher, *students = evals
-    path = write_report({e.name: e.interactions for e in evals}, out, teacher=teacher.name)
-    return str(path)
+    count = len(teacher.interactions)
+    comparison = compare_models(teacher.interactions, {e.name: e.interactions for e in students},
+                                teacher_name=teacher.name, k_main=settings.k,
+                                max_simple_order=settings.max_simple_order,
+                                outputs={e.name: e.outputs[:count] for e in evals}, extractor=extractor)
+    files = write_report(comparison, out, title="Distillation: the teacher, the student before and after")
+    return str(files.report)
 
 
 def evaluate_run(teacher: nn.Module, student_before: nn.Module, student_after: nn.Module, tokenizer,
@@ -189,6 +204,7 @@ def evaluate_run(teacher: nn.Module, student_before: nn.Module, student_after: n
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, out / "outputs.jsonl")
     if evals[0].interactions:
-        summary["report"] = _write_report(evals, out / "report")
+        summary["report"] = _write_report(evals, out / "report", settings, extractor)
+    summary = _finite_or_none(summary)
     _write_json(out / "summary.json", summary)
     return summary

@@ -67,8 +67,9 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         return {"capacity": self.capacity,
-                "items": [[list(it.prompt_ids), list(it.response_ids)] for it in self._items]}
+                "items": [[list(it.prompt_ids), list(it.response_ids), it.content] for it in self._items]}
 
     def load_state_dict(self, state: dict) -> None:
         self.capacity = int(state["capacity"])
-        self._items = deque((TokenizedExample(tuple(p), tuple(r)) for p, r in state["items"]), maxlen=self.capacity)
+        self._items = deque((TokenizedExample(tuple(p), tuple(r), None if c is None else tuple(c))
+                             for p, r, c in state["items"]), maxlen=self.capacity)

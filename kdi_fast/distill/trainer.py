@@ -65,6 +65,8 @@ class DistillConfig:
     seed: int = 0
     cip_weight: float = 0.0  # weight of the Complex Interaction Penalty; 0 = off
     cip_m: int = 3  # CIP: number of random word groups (2^m masked forwards)
+    cip_max_target_tokens: int = 16  # CIP: response tokens whose log-probs define v (masked inputs cut after them)
+    cip_batch_share: float = 1.0  # CIP: share of each batch's prompts it is computed on
     student_share: float = 0.5  # gkd: probability that a batch uses student samples (GKD's lambda)
     jsd_beta: float = 0.5  # gkd: beta of the generalised JSD
     skew_alpha: float = 0.1  # distillm: alpha of the skewed KL
@@ -83,7 +85,8 @@ class DistillConfig:
         method = get_method(self.method)
         positive = dict(batch_size=self.batch_size, max_length=self.max_length, max_new_tokens=self.max_new_tokens,
                         checkpoint_every=self.checkpoint_every, validate_every=self.validate_every,
-                        cip_m=self.cip_m, replay_capacity=self.replay_capacity)
+                        cip_m=self.cip_m, replay_capacity=self.replay_capacity,
+                        cip_max_target_tokens=self.cip_max_target_tokens)
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -102,6 +105,8 @@ class DistillConfig:
         if not method.uses_teacher_logits and (self.teacher_noise > 0 or self.temperature != 1.0):
             raise ValueError(f"method {self.method!r} trains on text with cross-entropy and never sees the teacher's "
                              f"logits: temperature and teacher noise do not apply (use kd, rkl, gkd, ...)")
+        if not 0.0 < self.cip_batch_share <= 1.0:
+            raise ValueError(f"cip_batch_share must be in (0, 1], got {self.cip_batch_share}")
         for name in ("student_share", "replay_ratio", "sgo_initial", "sgo_max_prob", "jsd_beta"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -184,19 +189,19 @@ def _batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> 
 
 def _truncate(item: TokenizedExample, max_length: int) -> TokenizedExample:
     keep = max(1, max_length - len(item.prompt_ids))
-    return TokenizedExample(item.prompt_ids, item.response_ids[:keep])
+    return item.with_response(item.response_ids[:keep])
 
 
 def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
-def _make_cip(config: DistillConfig):
-    try:
-        from ..losses.cip import CIPLoss
-    except ImportError as err:
-        raise ImportError("cip_weight > 0 needs kdi_fast.losses.cip.CIPLoss, which this installation lacks") from err
-    return CIPLoss(m=config.cip_m, weight=config.cip_weight, seed=config.seed)
+def _make_cip(config: DistillConfig, tokenizer):
+    """The CIP loss of kdi_fast.losses (players: words of the user's text, split into cip_m random groups)."""
+    from ..losses.cip import CIP
+
+    return CIP(m=config.cip_m, weight=config.cip_weight, seed=config.seed, tokenizer=tokenizer,
+               batch_share=config.cip_batch_share, max_target_tokens=config.cip_max_target_tokens)
 
 
 def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: Sequence[Example],
@@ -244,7 +249,7 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
         responses, cache_reused = cached_teacher_responses(
             teacher, [t.prompt_ids for t in train], seqkd_cache or out / "teacher_outputs.json", pad_id=pad_id,
             eot_id=eot_id, max_new_tokens=config.max_new_tokens)
-        train = [_truncate(TokenizedExample(t.prompt_ids, r), config.max_length) for t, r in zip(train, responses)]
+        train = [_truncate(t.with_response(r), config.max_length) for t, r in zip(train, responses)]
     validation = tokenize_examples(tokenizer, list(validation_examples or train_examples[:16])[:16],
                                    max_length=config.max_length)
 
@@ -263,7 +268,7 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
     schedule = AdaptiveSGOSchedule(initial=config.sgo_initial, increment=config.sgo_increment,
                                    max_prob=config.sgo_max_prob)
     buffer = ReplayBuffer(config.replay_capacity)
-    cip = _make_cip(config) if config.cip_weight > 0 else None
+    cip = _make_cip(config, tokenizer) if config.cip_weight > 0 else None
 
     state = load_checkpoint(ckpt_path)
     if state is not None:
@@ -300,16 +305,18 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
             "sgo_schedule": schedule.state_dict(), "replay_buffer": buffer.state_dict(),
             "seconds": elapsed, "sgo_batches": sgo_batches})
 
-    def loss_on(batch: dict) -> torch.Tensor:
+    def loss_on(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The method's loss on a batch, and the student's logits (CIP reuses them for the full input)."""
+        from ..losses import kd_loss
+
         student_logits = _logits(student, batch)
         teacher_logits = None
         if method.uses_teacher_logits:
             with torch.no_grad():
                 teacher_logits = _logits(teacher, batch)
-        from ..losses import kd_loss
-
-        return kd_loss(student_logits, teacher_logits, batch["labels"], shift_labels=True,
+        loss = kd_loss(student_logits, teacher_logits, batch["labels"], shift_labels=True,
                        generator=noise_generator, **config.loss_options()).mean()
+        return loss, student_logits
 
     def sgo_probability() -> float:
         if method.responses == "student_share":
@@ -341,19 +348,20 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
                 else:
                     samples = generate_responses(student, [it.prompt_ids for it in items], pad_id=pad_id,
                                                  eot_id=eot_id, max_new_tokens=config.max_new_tokens, sample=True)
-                    items = [_truncate(TokenizedExample(it.prompt_ids, r), config.max_length)
+                    items = [_truncate(it.with_response(r), config.max_length)
                              for it, r in zip(items, samples)]
                     source = "student"
                     if method.responses == "adaptive":
                         buffer.add(items)
                 sgo_batches += 1
             batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-            kd_term = loss_on(batch)
+            kd_term, student_logits = loss_on(batch)
             loss = kd_term
             cip_term = None
             if cip is not None:
-                cip_term = cip(student, batch)
+                cip_term = cip(student, batch, student_logits, step=step)
                 loss = loss + cip_term
+            del student_logits
             loss.backward()
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -372,7 +380,7 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
             if method.responses == "adaptive" and step % config.validate_every == 0:
                 student.eval()
                 with torch.no_grad():
-                    val = float(loss_on({k: v.to(device) for k, v in collate(validation, pad_id).items()}))
+                    val = float(loss_on({k: v.to(device) for k, v in collate(validation, pad_id).items()})[0])
                 student.train()
                 entry["validation_loss"] = val
                 entry["sgo_prob_next"] = schedule.update(val)
