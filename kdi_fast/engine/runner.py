@@ -127,8 +127,8 @@ def run_interactions(
                     baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
                 result.save(path)
                 computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
-            bar.update(1)
             bar.set_postfix(computed=len(computed), skipped=skipped, refresh=False)
+            bar.update(1)
     finally:
         bar.close()
 
