@@ -183,3 +183,11 @@ def test_bad_prompt_error_names_the_prompt(tmp_path, lm):
                          **SETTINGS)
     with pytest.raises(ValueError, match="empty"):
         run_interactions(model, tok, [], tmp_path, **SETTINGS)
+
+
+def test_default_players_apply_to_records_without_their_own(tmp_path, lm):
+    model, tok = lm
+    run_interactions(model, tok, [RECORDS[0], RECORDS[2]], tmp_path, players=[[1, 2], [5]], **SETTINGS)
+    results = load_results(tmp_path)
+    assert results["a"].players == [(1, 2), (5,)] and results["a"].player_texts[1] == "the"
+    assert results["c"].players == [(0,), (3,), (5,)]  # its own
