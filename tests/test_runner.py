@@ -90,9 +90,13 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, lm, monkeypatch):
     assert not [p.name for p in tmp_path.iterdir() if "tmp" in p.name]  # no half-written files left
     before = {i: _stamp(result_path(tmp_path, i)) for i in done}
 
+    stale = tmp_path / ".d.safetensors.x1y2.tmp"  # as a kill in the middle of a save leaves it
+    stale.write_bytes(b"partial")
+
     again = CountingCompute()
     monkeypatch.setattr(engine, "compute_interactions", again)
     summary = run_interactions(model, tok, RECORDS, tmp_path, **SETTINGS)
+    assert not stale.exists()
     assert again.prompts == [r.prompt for r in RECORDS[3:]]  # each remaining prompt once, the done ones never
     assert (summary.computed, summary.skipped) == (2, 3)
     assert {i: _stamp(result_path(tmp_path, i)) for i in done} == before  # untouched

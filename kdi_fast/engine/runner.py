@@ -106,6 +106,9 @@ def run_interactions(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / SUMMARY).unlink(missing_ok=True)  # a summary exists only for a finished run
+        for pattern in (f".*{RESULT_SUFFIX}.*.tmp", f".{MANIFEST}.*.tmp", f".{SUMMARY}.*.tmp"):
+            for stale in out_dir.glob(pattern):  # temp files of a run killed while writing
+                stale.unlink(missing_ok=True)
         _write_json_atomic(out_dir / MANIFEST, manifest)
     if dist is not None:
         dist.barrier()
