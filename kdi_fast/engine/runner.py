@@ -79,16 +79,15 @@ def run_interactions(
     players: the players of records that do not name their own (word indices or groups; None = automatic).
     like_dir: the output directory of an earlier run (e.g. the teacher's): each prompt then reuses that run's
     y*, players and masks (compute_interactions(like=...)). limit: only the first `limit` records.
-    extra_settings: more settings recorded in (and checked against) the manifest, e.g. the dtype.
+    extra_settings: more settings recorded in (and checked against) the manifest, e.g. the seed.
     Returns a RunSummary; rank 0 also writes out_dir/summary.json. Under torch.distributed every rank must call it.
     """
     from . import compute_interactions  # late: the engine package may import this module
 
     if not records:
         raise ValueError("no prompts to run: the data set is empty")
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     selected = records[:limit] if limit is not None else list(records)
     out_dir = Path(out_dir).resolve()
     dist, rank, world_size = _distributed()
@@ -101,7 +100,7 @@ def run_interactions(
     if like_dir is not None:
         missing = [r.id for r in selected if not result_path(like_dir, r.id).exists()]
         if missing:
-            raise ValueError(f"--like {like_dir}: no result for {len(missing)} prompt(s) ({', '.join(missing[:5])}"
+            raise ValueError(f"like_dir {like_dir}: no result for {len(missing)} prompt(s) ({', '.join(missing[:5])}"
                              f"{', ...' if len(missing) > 5 else ''}); run the reference model on the same data first")
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +196,7 @@ def _manifest(model, model_name, records, like_dir, settings) -> dict:
     if like_dir is not None:
         like_manifest = like_dir / MANIFEST
         if not like_manifest.exists():
-            raise FileNotFoundError(f"--like {like_dir}: no {MANIFEST} there; point it at the output directory "
+            raise FileNotFoundError(f"like_dir {like_dir}: no {MANIFEST} there; point it at the output directory "
                                     f"of an earlier `kdi interactions` run")
         like = {"dir": str(like_dir), "model": json.loads(like_manifest.read_text()).get("model")}
     return {
@@ -258,7 +257,7 @@ def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_
     if like_dir is not None:
         like = [InteractionResult.load(result_path(like_dir, record.id))]
         if like[0].prompt != record.prompt:
-            raise ValueError(f"prompt {record.id!r}: the --like result in {like_dir} is about another prompt "
+            raise ValueError(f"prompt {record.id!r}: the like_dir result in {like_dir} is about another prompt "
                              f"({like[0].prompt!r}); use the same data for both runs")
     record_players = record.players if record.players is not None else players
     try:
