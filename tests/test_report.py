@@ -118,3 +118,13 @@ def test_report_with_one_prompt_and_no_outputs(tmp_path):
 def test_write_csv_union_of_columns(tmp_path):
     path = write_csv([{"a": 1, "b": None}, {"a": 2, "c": "x"}], tmp_path / "t.csv")
     assert path.read_text() == "a,b,c\n1,,\n2,,x\n"
+
+
+def test_player_names_disambiguate_repeated_words():
+    from kdi_fast.report.labels import player_names, subset_label
+
+    r = FakeResult(torch.zeros(8), ["a", "cat", "a"], [(0,), (1,), (4, 5)], "p")
+    names = player_names(r)
+    assert names == ["a[0]", "cat", "a[4]"]
+    assert subset_label(names, 0b101) == "{a[0], a[4]}"
+    assert player_names(FakeResult(torch.zeros(4), [], [], "p")) == ["0", "1"]

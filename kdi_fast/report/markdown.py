@@ -8,18 +8,19 @@ from collections.abc import Mapping
 
 from ..metrics.comparison import Comparison, overlap_column
 from ..metrics.interaction import normalise, top_interactions
+from .labels import player_names, subset_label
 
 __all__ = ["render_markdown", "fmt"]
 
 
 def fmt(x, digits: int = 3) -> str:
-    """A number for a table: fixed digits, '-' for missing/NaN, integers as integers."""
+    """A number for a table: floats with fixed digits, ints as they are, '-' for missing/NaN, bools yes/no."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     if isinstance(x, bool):
         return "yes" if x else "no"
-    if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) >= 100):
-        return f"{int(x)}"
+    if isinstance(x, int):
+        return f"{x}"
     return f"{x:.{digits}f}"
 
 
@@ -114,13 +115,11 @@ def _top_table(c: Comparison, index: int, top: int) -> list[str]:
     columns = []
     for m in c.models:
         result = c.results[m][index]
-        texts = getattr(result, "player_texts", None)
-        n = normalise(result).shape[-1].bit_length() - 1
+        names = player_names(result)
         masks, values = top_interactions(normalise(result), top)
         cells = []
         for mask, v in zip(masks.tolist(), values.tolist()):
-            words = [texts[i] if texts else str(i) for i in range(n) if mask >> i & 1]
-            cells.append(f"{{{_esc(', '.join(words))}}} {v:+.2f}")
+            cells.append(f"{_esc(subset_label(names, mask))} {v:+.2f}")
         columns.append(cells)
     rows = [[col[i] if i < len(col) else "" for col in columns] for i in range(top)]
     return _table(header, rows, "l" * len(header))
@@ -159,7 +158,8 @@ def render_markdown(
         "",
     ]
     header = ["measure", *[f"{m} ({s[m]['role']})" for m in c.models]]
-    rows = [[label, *[_ci(s[m]["metrics"].get(key)) for m in c.models]] for key, label in _METRIC_LABELS]
+    rows = [[label, *[_ci(s[m]["metrics"].get(key), 1 if key == "salient" else 3) for m in c.models]]
+            for key, label in _METRIC_LABELS]
     for k in c.ks:
         key = overlap_column(k)
         rows.append([f"Overlap@{k:g} with the teacher (chance {k:g})", "",
@@ -236,7 +236,8 @@ def render_markdown(
         p = c.summary["prompts"][i]
         out += [f"<details><summary><b>{_esc(pid)}</b>: {_esc(p.get('prompt'))}</summary>", ""]
         out.append(f"- target y*: `{_esc(p.get('target'))}`")
-        out.append(f"- players (n = {p['n']}): " + ", ".join(f"`{_esc(w)}`" for w in p.get("players") or []))
+        names = player_names(c.results[c.teacher][i])
+        out.append(f"- players (n = {p['n']}): " + ", ".join(f"`{_esc(w)}`" for w in names))
         if has_text:
             for m in c.models:
                 row = by_model[m][i]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..metrics.comparison import Comparison, overlap_column
 from ..metrics.interaction import normalise, top_interactions
+from .labels import player_names, subset_label
 
 __all__ = [
     "model_colors",
@@ -216,11 +217,8 @@ def _split_note(comparison: Comparison) -> str:
     return "; ".join(parts) + ", complex = the higher orders (error bars: 95% interval over prompts)"
 
 
-def _label(result, mask: int) -> str:
-    texts = getattr(result, "player_texts", None)
-    n = normalise(result).shape[-1].bit_length() - 1
-    names = [texts[i] if texts else str(i) for i in range(n) if mask >> i & 1]
-    label = "{" + ", ".join(names) + "}"
+def _label(names: list[str], mask: int) -> str:
+    label = subset_label(names, mask)
     return label if len(label) <= 38 else label[:35] + "...}"
 
 
@@ -245,7 +243,8 @@ def plot_top_interactions(comparison: Comparison, path: str | Path, *, prompts: 
             ax = axes[c]
             result = comparison.results[m][r]
             masks, values = top_interactions(normalise(result), top)
-            labels = [_label(result, int(k)) for k in masks.tolist()]
+            names = player_names(result)
+            labels = [_label(names, int(k)) for k in masks.tolist()]
             vals = values.tolist()
             y = np.arange(len(vals))[::-1]
             shades = [to_rgba(colors[m], 1.0 if v >= 0 else 0.4) for v in vals]

@@ -1,0 +1,316 @@
+"""`kdi compare`: a teacher and its students on the same prompts, players and targets, as a report.
+
+    kdi compare --out runs/compare                              # the embedded default (SmolLM2 + a student)
+    kdi compare --teacher smollm2 --student layers:24 path/to/student --data prompts.jsonl --out runs/cmp
+
+Writes OUT/report.md (figures in OUT/figures/), OUT/summary.json and OUT/per_prompt.csv. The interactions of
+each model are kept in OUT/runs/<label>/ (one file per prompt), so a killed run resumes where it stopped when
+run again with the same --out; --overwrite recomputes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_PROMPT_IDS = (
+    "green-hand", "doctor-visit", "moon-orbits", "key-lock", "not-happy", "week-days", "math-word", "math-times",
+)
+"""The built-in prompts of the default run: eight prompts of at least eight words (n = 8 players each)."""
+
+DEFAULT_STUDENT = "layers:26"
+"""The default student: 26 of the teacher's 30 layers, evenly spaced, first and last kept (no training)."""
+
+DEFAULT_KS = "0.01,0.02,0.05,0.1,0.2,0.3,0.5"
+_ANSWERS = ("auto", "number", "word")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="compare a teacher's interactions with its students' and write a report",
+        description="Run the interaction engine on a teacher and each student with the same targets y*, players and "
+                    "masks, then write OUT/report.md (with PNG figures), OUT/summary.json and OUT/per_prompt.csv: "
+                    "sparsity (Gini, entropy), alignment (Overlap@k), orders, simple vs complex interactions, and "
+                    "output agreement, BLEU and ROUGE-L. With only --out it runs the embedded default: "
+                    "SmolLM2-135M-Instruct as the teacher, a student made of a subset of its layers, and eight "
+                    "built-in prompts.")
+    p.add_argument("--out", required=True, help="output directory (created; a second run resumes it)")
+    p.add_argument("--teacher", default="smollm2",
+                   help="a local Hugging Face model directory, or 'smollm2' for SmolLM2-135M-Instruct (default)")
+    p.add_argument("--student", nargs="+", default=None, metavar="S",
+                   help="students: model directories, 'smollm2', or 'layers:K' / 'layers:0,3,7' for a student "
+                        f"keeping K (or the listed) layers of the teacher (default {DEFAULT_STUDENT})")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory shared by all models (default: the teacher's)")
+    p.add_argument("--data", default=None,
+                   help="prompt file (.jsonl with \"prompt\" and optional \"target\", \"players\", \"id\"; or one "
+                        "prompt per line), 'builtin' for all 40 built-in prompts; default: 8 built-in prompts")
+    p.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts")
+    p.add_argument("--n", type=int, default=8, help="players per prompt when chosen automatically (default 8)")
+    p.add_argument("--target-tokens", type=int, default=16,
+                   help="length of the teacher's greedy target y* when a prompt has none (default 16)")
+    p.add_argument("--gen-tokens", type=int, default=32,
+                   help="tokens each model generates for agreement, BLEU and ROUGE-L (default 32; 0 skips them)")
+    p.add_argument("--answer", choices=_ANSWERS, default="auto",
+                   help="final-answer extractor for agreement: number (last number), word (first word) or auto "
+                        "(the last number if there is one, else the first word; default)")
+    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+                   help="how absent players are masked (default embedding)")
+    p.add_argument("--baseline", default="pad", help="pad, unk, zeros, mean or a token id (default pad)")
+    p.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    p.add_argument("--ks", default=DEFAULT_KS, help=f"the Overlap@k ratios, comma-separated (default {DEFAULT_KS})")
+    p.add_argument("--k", type=float, default=0.1,
+                   help="k of the simple/complex overlaps and the correlations (default 0.1)")
+    p.add_argument("--max-simple-order", type=int, default=None,
+                   help="largest order counted as simple (default n // 2: complex = more than half the players)")
+    p.add_argument("--salient", type=float, default=0.05,
+                   help="salient threshold on |I_S| / max |I_S| (default 0.05)")
+    p.add_argument("--memory-budget", default=None, help="working memory for the masked batches, e.g. 2GB")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default="float32")
+    p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="recompute every model even if OUT holds its results")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"kdi compare: error: {err}", file=sys.stderr)
+        return 2
+
+
+def parse_ks(text: str) -> list[float]:
+    """'0.05,0.1' -> [0.05, 0.1]; every k must lie in (0, 1]."""
+    try:
+        ks = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--ks {text!r}: give ratios in (0, 1] separated by commas, e.g. 0.05,0.1,0.2") from None
+    if not ks or any(not 0 < k <= 1 for k in ks):
+        raise ValueError(f"--ks {text!r}: every k must lie in (0, 1], e.g. 0.05,0.1,0.2")
+    return sorted(set(ks))
+
+
+def parse_layers(spec: str) -> int | list[int] | None:
+    """'layers:12' -> 12, 'layers:0,5,9' -> [0, 5, 9]; anything else -> None (a model name or directory)."""
+    if not spec.startswith("layers:"):
+        return None
+    body = spec[len("layers:"):]
+    try:
+        values = [int(v) for v in body.split(",")]
+    except ValueError:
+        raise ValueError(f"--student {spec!r}: use layers:K (keep K layers) or layers:0,3,7 (keep these)") from None
+    return values[0] if len(values) == 1 and "," not in body else values
+
+
+def student_labels(specs: list[str]) -> list[str]:
+    """Short, distinct labels for the students: 'student-26L' for layers:26, the directory name for a path."""
+    labels = []
+    for spec in specs:
+        layers = parse_layers(spec)
+        if layers is None:
+            label = Path(spec).name or spec
+        else:
+            label = f"student-{layers if isinstance(layers, int) else len(layers)}L"
+        base, i = label, 2
+        while label in labels or label == "teacher":
+            label, i = f"{base}-{i}", i + 1
+        labels.append(label)
+    return labels
+
+
+def _extractor(name: str):
+    from ..metrics import first_word, last_number, number_or_word
+
+    return {"auto": number_or_word, "number": last_number, "word": first_word}[name]
+
+
+def _records(data: str | None, limit: int | None):
+    from ..data import load_prompts
+
+    if data is None:
+        by_id = {r.id: r for r in load_prompts(None)}
+        records = [by_id[i] for i in DEFAULT_PROMPT_IDS if i in by_id]
+    else:
+        records = load_prompts(data)
+    return records[:limit] if limit is not None else records
+
+
+def _check_model_arg(spec: str, what: str) -> None:
+    from ..models import DEFAULT_MODEL
+
+    if parse_layers(spec) is None and spec.lower() not in (DEFAULT_MODEL, "default") and not Path(spec).is_dir():
+        raise FileNotFoundError(f"{what} {spec!r} is not a directory; give a Hugging Face model directory, "
+                                f"'{DEFAULT_MODEL}', or (students) layers:K")
+
+
+def _describe(model) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    layers = getattr(model.config, "num_hidden_layers", "?")
+    return f"{layers} layers, {params / 1e6:.1f}M parameters"
+
+
+def _generate(model, tokenizer, records, max_new_tokens: int, chat_template: bool, cache: Path,
+              progress: bool, label: str) -> list[str]:
+    """Each model's own greedy continuation of every prompt (for agreement/BLEU/ROUGE-L), cached in `cache`."""
+    from tqdm.auto import tqdm
+
+    from ..engine.players import encode_prompt
+    from ..engine.target import greedy_target
+    from ..report import write_json
+
+    stored = json.loads(cache.read_text()) if cache.exists() else {}
+    texts = []
+    changed = False
+    for record in tqdm(records, desc=f"generating ({label})", unit="prompt", disable=not progress):
+        ids = list(encode_prompt(tokenizer, record.prompt, chat_template=chat_template).input_ids)
+        key = hashlib.sha256(json.dumps([ids, max_new_tokens]).encode()).hexdigest()[:16]
+        hit = stored.get(record.id)
+        if hit and hit.get("key") == key:
+            texts.append(hit["text"])
+            continue
+        try:
+            new = greedy_target(model, tokenizer, ids, max_new_tokens)
+            text = tokenizer.decode(new, skip_special_tokens=True)
+        except ValueError:  # the model ends the sequence at once: an empty answer
+            text = ""
+        stored[record.id] = {"key": key, "text": text}
+        texts.append(text)
+        changed = True
+    if changed:
+        write_json(stored, cache)
+    return texts
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine.runner import load_results, run_interactions
+    from ..metrics.comparison import compare_models
+    from ..models import load_model, load_tokenizer, student_from_teacher
+    from ..report import write_report
+    from .interactions import _device, parse_baseline, parse_size
+
+    started = time.perf_counter()
+    # Everything cheap is checked before a model is loaded.
+    for name, value, low in (("--n", args.n, 1), ("--target-tokens", args.target_tokens, 1),
+                             ("--gen-tokens", args.gen_tokens, 0), ("--limit", args.limit, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    ks = parse_ks(args.ks)
+    if not 0 < args.k <= 1:
+        raise ValueError(f"--k must lie in (0, 1], got {args.k}")
+    if not 0 <= args.salient < 1:
+        raise ValueError(f"--salient is a fraction of the largest |I_S| in [0, 1), got {args.salient}")
+    if args.max_simple_order is not None and args.max_simple_order < 0:
+        raise ValueError(f"--max-simple-order must be >= 0, got {args.max_simple_order}")
+    baseline = parse_baseline(args.baseline)
+    memory_budget = parse_size(args.memory_budget)
+    specs = list(args.student) if args.student else [DEFAULT_STUDENT]
+    _check_model_arg(args.teacher, "--teacher")
+    for spec in specs:
+        _check_model_arg(spec, "--student")
+        parse_layers(spec)
+    labels = student_labels(specs)
+    records = _records(args.data, args.limit)
+    if not records:
+        raise ValueError("no prompts to compare")
+    extractor = _extractor(args.answer)
+    out = Path(args.out)
+    runs = out / "runs"
+    progress = not args.quiet
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+    device = _device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.tokenizer or args.teacher)
+    settings = dict(n_players=args.n, max_target_tokens=args.target_tokens, masking=args.masking,
+                    baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
+                    overwrite=args.overwrite, progress=progress, extra_settings={"seed": args.seed})
+    timings: dict[str, float] = {}
+    described: dict[str, str] = {}
+    outputs: dict[str, list[str]] = {}
+
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
+    say(f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
+    t0 = time.perf_counter()
+    teacher = load_model(args.teacher, dtype=dtype, device=device)
+    described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
+    say(f"[teacher] interactions of {described['teacher']}")
+    run_interactions(teacher, tokenizer, records, runs / "teacher", model_name=f"teacher:{args.teacher}", **settings)
+    if args.gen_tokens:
+        outputs["teacher"] = _generate(teacher, tokenizer, records, args.gen_tokens, args.chat_template,
+                                       runs / "teacher" / "generations.json", progress, "teacher")
+    timings["teacher"] = time.perf_counter() - t0
+
+    results = {"teacher": _ordered(load_results(runs / "teacher"), records)}
+    for spec, label in zip(specs, labels):
+        t0 = time.perf_counter()
+        layers = parse_layers(spec)
+        if layers is not None:
+            model = student_from_teacher(teacher, keep_layers=layers)
+            kept = layers if isinstance(layers, int) else len(layers)
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            described[label] = (f"{kept} of the teacher's {teacher.config.num_hidden_layers} layers, not trained "
+                                f"({params:.1f}M parameters)")
+        else:
+            model = load_model(spec, dtype=dtype, device=device)
+            described[label] = f"{spec} ({_describe(model)})"
+        say(f"[{label}] interactions of {described[label]}, with the teacher's y*, players and masks")
+        run_interactions(model, tokenizer, records, runs / label, model_name=f"student:{spec}",
+                         like_dir=runs / "teacher", **settings)
+        if args.gen_tokens:
+            outputs[label] = _generate(model, tokenizer, records, args.gen_tokens, args.chat_template,
+                                       runs / label / "generations.json", progress, label)
+        results[label] = _ordered(load_results(runs / label), records)
+        del model
+        timings[label] = time.perf_counter() - t0
+
+    say("[report] metrics, figures and report")
+    comparison = compare_models(
+        results["teacher"], {label: results[label] for label in labels}, teacher_name="teacher",
+        prompt_ids=[r.id for r in records], ks=ks, k_main=args.k, max_simple_order=args.max_simple_order,
+        salient_threshold=args.salient, outputs=outputs or None, extractor=extractor)
+    timings["total"] = time.perf_counter() - started
+    run_info = {
+        **{label: text for label, text in described.items()},
+        "data": args.data or f"{len(records)} built-in prompts ({', '.join(r.id for r in records)})",
+        "targets y*": f"the prompt's target, else the teacher's greedy continuation (<= {args.target_tokens} tokens)",
+        "masking": f"{args.masking}, baseline {args.baseline}" + (", chat template" if args.chat_template else ""),
+        "outputs for agreement/BLEU/ROUGE-L": (f"each model's greedy continuation, <= {args.gen_tokens} tokens"
+                                               if args.gen_tokens else "not generated (--gen-tokens 0)"),
+        "device": f"{device} ({torch.get_num_threads()} threads), {args.dtype}",
+        "time": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
+    }
+    files = write_report(comparison, out, run_info=run_info, extra_summary={
+        "command": {k: v for k, v in vars(args).items() if k != "run"},
+        "models": {**comparison.summary["models"],
+                   **{label: {**comparison.summary["models"][label], "description": text}
+                      for label, text in described.items()}},
+        "timings_s": timings,
+    })
+    print(f"report:  {files.report}")
+    print(f"summary: {files.summary}")
+    print(f"table:   {files.csv}")
+    print(f"figures: {files.report.parent / 'figures'}")
+    return 0
+
+
+def _ordered(by_id: dict, records) -> list:
+    """The results in the order of the records (a run's summary may hold more prompts than asked for now)."""
+    missing = [r.id for r in records if r.id not in by_id]
+    if missing:
+        raise ValueError(f"results are missing for {missing[:5]}; run again with --overwrite")
+    return [by_id[r.id] for r in records]
