@@ -8,3 +8,22 @@ from ._version import __version__
 from .ops import MAX_DENSE_PLAYERS, mobius, num_subsets, subsets, zeta
 
 __all__ = ["__version__", "MAX_DENSE_PLAYERS", "mobius", "num_subsets", "subsets", "zeta"]
+
+# Names imported on first use (name -> submodule), so `import kdi_fast` stays light.
+_LAZY = {
+    **dict.fromkeys(("gini", "entropy", "overlap_at_k", "by_order", "simple_complex", "normalise", "agreement",
+                     "fidelity", "rouge_l", "mean_ci", "spearman"), "metrics"),
+    "compare_models": "metrics.comparison",
+    "write_report": "report",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -292,3 +292,11 @@ def test_wrong_types():
         gini(torch.tensor(1.0))
     with pytest.raises(ValueError, match="count"):
         top_interactions(EXAMPLE, 0.5)
+
+
+def test_lazy_exports_from_the_package():
+    import kdi_fast
+    import kdi_fast.metrics
+
+    assert kdi_fast.gini is kdi_fast.metrics.gini and kdi_fast.overlap_at_k is kdi_fast.metrics.overlap_at_k
+    assert "gini" in kdi_fast.__all__ and "compare_models" in kdi_fast.__all__
