@@ -9,6 +9,7 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -78,9 +79,17 @@ class CMakeBuild(build_ext):
         if os.environ.get("KDI_FAST_CUDA_ARCHS"):
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['KDI_FAST_CUDA_ARCHS']}")
         if shutil.which("ninja"):
-            args.append("-GNinja")
+            args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={shutil.which('ninja')}"]
+        # A build folder configured by another environment (pip's isolated build environments live in temporary
+        # folders that are gone by the next build) has a CMake cache pointing at missing tools: start afresh.
+        stamp = build_dir / "kdi_fast_configure.json"
+        configure = json.dumps([shutil.which("cmake"), ext.source_dir, *args])
+        if stamp.exists() and stamp.read_text() != configure:
+            shutil.rmtree(build_dir)
+            build_dir.mkdir(parents=True)
         print(f"kdi_fast: building _C ({config}, CUDA {'on' if cuda else 'off'}) in {build_dir}", flush=True)
         subprocess.run(["cmake", "-S", ext.source_dir, "-B", str(build_dir), *args], check=True)
+        stamp.write_text(configure)
         jobs = str(os.cpu_count() or 2)
         subprocess.run(["cmake", "--build", str(build_dir), "--config", config, "--parallel", jobs], check=True)
         # Copy, then rename: a running process importing kdi_fast._C never sees a half-written module.
