@@ -22,7 +22,8 @@ def report() -> str:
     lines = [f"kdi_fast {__version__}  (python {platform.python_version()}, torch {torch.__version__})"]
     info = _backend.build_info()
     if info:
-        lines.append(f"compiled _C:  yes ({info['compiler']}), C++ CPU kernels")
+        lines.append(f"compiled _C:  yes ({info['compiler']}), C++ CPU kernels, SIMD {info.get('simd', '?')} "
+                     f"(chosen at run time; KDI_FAST_SIMD=avx2|baseline to force a lower one)")
         lines.append(f"  OpenMP:     {'yes, ' + str(info['openmp_threads']) + ' threads' if info['openmp'] else 'no'}"
                      f"  (torch uses {torch.get_num_threads()} threads; kdi_fast follows torch.set_num_threads)")
         lines.append(f"  CUDA:       {'yes, architectures ' + info['cuda_archs'] if info['cuda'] else 'no (CPU-only build)'}")
