@@ -2,10 +2,14 @@
 
 compute_interactions(model, tokenizer, prompts, ...) -> list[InteractionResult] is the entry point; the pieces
 live one per module: players (words and players), target (y*), masking, forward (log-probs with the LM head at
-the target positions only), value (v from log-probs), scheduler (the prefix-tree batches), result.
+the target positions only), value (v from log-probs), scheduler and prefix_attention (the prefix-tree batches),
+result (InteractionResult).
 """
 
+from .compute import compute_interactions
 from .forward import target_logprobs
+from .players import MAX_PLAYERS
+from .result import InteractionResult
 from .value import values_from_logprobs
 
-__all__ = ["target_logprobs", "values_from_logprobs"]
+__all__ = ["MAX_PLAYERS", "InteractionResult", "compute_interactions", "target_logprobs", "values_from_logprobs"]

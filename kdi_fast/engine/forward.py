@@ -26,6 +26,8 @@ def decoder(model: nn.Module) -> nn.Module:
 def lm_head(model: nn.Module) -> tuple[Tensor, Tensor | None]:
     """(weight [V, H], bias [V] or None) of the LM head; raises for heads the fused op cannot reproduce."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:  # transformers returns None when get_input_embeddings() raises; the head may still be there
+        head = getattr(model, "lm_head", None)
     weight = getattr(head, "weight", None)
     if not isinstance(weight, Tensor) or weight.dim() != 2:
         raise TypeError(f"{type(model).__name__} has no linear LM head (get_output_embeddings()); the engine needs "

@@ -1,0 +1,225 @@
+"""compute_interactions: from a model, a tokenizer and prompts to one InteractionResult per prompt.
+
+Every prompt is checked first (words, players, given targets, context length, settings), so bad input fails
+before any long computation; then each prompt gets its target (given, greedy, or the one of `like`), and the
+scheduler evaluates all 2^n masked inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import ops
+from .forward import lm_head
+from .masking import MaskedSequence, baseline_embedding, baseline_token_id, check_masking, input_embeddings
+from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
+from .result import InteractionResult
+from .memory import default_memory_budget, parse_memory
+from .scheduler import all_mask_logprobs
+from .target import greedy_target, tokenize_target
+from .value import DEFAULT_EPS, values_from_logprobs
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of everything that decides how text is tokenized (vocabulary, merges, normalizer, ...)."""
+    try:
+        return _FINGERPRINTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    try:
+        _FINGERPRINTS[tokenizer] = digest
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
+    return digest
+
+
+def model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "name_or_path", "") or type(model).__name__)
+
+
+def context_length(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@dataclass
+class _Job:
+    """One prompt, checked and ready to compute."""
+
+    encoded: EncodedPrompt
+    players: list[tuple[int, ...]]
+    target_ids: list[int] | None  # None: greedy
+
+
+def compute_interactions(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    *,
+    targets: list[str] | None = None,
+    players: list | None = None,
+    n_players: int = 10,
+    max_target_tokens: int = 16,
+    masking: str = "embedding",
+    baseline: str | int = "pad",
+    chat_template: bool = False,
+    memory_budget: int | str | None = None,
+    progress: bool = True,
+    like: list[InteractionResult] | None = None,
+    eps: float = DEFAULT_EPS,
+    path: str = "auto",
+) -> list[InteractionResult]:
+    """The interactions of `model` on each prompt: v(x_T) for all 2^n masked inputs and I_S = mobius(v).
+
+    targets: the target text y* per prompt (None: the model's greedy continuation of the full prompt, up to
+    max_target_tokens tokens). players: per prompt, a list of word indices or of groups of word indices (None, or
+    a None entry: the automatic choice of n_players, see kdi_fast.engine.players). masking / baseline: see
+    kdi_fast.engine.masking. chat_template: wrap each prompt as a user message of the tokenizer's chat template.
+    memory_budget: bytes (or "2GB") of working memory beyond the weights (default: from the device).
+    like: results of another model (e.g. the teacher) on the same prompts: their y*, players and masking are
+    reused, so the values compare mask by mask; the tokenizers must be the same.
+    eps: the clamp of p in v = log(p / (1 - p)). path: "auto" | "prefix_tree" | "flat" (see scheduler).
+    """
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise TypeError("prompts must be a list of strings (wrap a single prompt in a list)")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    check_masking(masking, baseline)
+    budget = parse_memory(memory_budget)
+    for name, value in (("targets", targets), ("players", players), ("like", like)):
+        if value is not None and (isinstance(value, str) or len(value) != len(prompts)):
+            raise ValueError(f"{name} must be a list with one entry per prompt ({len(prompts)}), got "
+                             f"{value if isinstance(value, str) else str(len(value)) + ' entries'}")
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if like is not None:
+        if targets is not None or players is not None:
+            raise ValueError("like= fixes the targets and players (those of the given results); do not pass "
+                             "targets or players with it")
+        _check_like(like, prompts, fingerprint, masking, baseline, chat_template)
+    vocab = lm_head(model)[0].shape[0]
+    if masking == "embedding":
+        input_embeddings(model)
+    if masking in ("embedding", "token") and baseline not in ("zeros", "mean"):
+        baseline_token_id(tokenizer, baseline, vocab)
+    limit = context_length(model)
+
+    jobs: list[_Job] = []
+    for i, prompt in enumerate(prompts):
+        try:
+            encoded = encode_prompt(tokenizer, prompt, chat_template=chat_template)
+            if like is not None:
+                spec, target_ids = like[i].players, list(like[i].target_ids)
+                if list(encoded.words) != list(like[i].words):
+                    raise ValueError("the prompt's words differ from those of the like= result")
+            else:
+                spec = players[i] if players is not None else None
+                target_ids = tokenize_target(tokenizer, targets[i]) if targets is not None and targets[i] is not None \
+                    else None
+            chosen = resolve_players(encoded, spec, n_players, keep_last_token=masking == "attention")
+            length = len(encoded.input_ids) + (len(target_ids) if target_ids is not None else max_target_tokens) - 1
+            if limit is not None and length > limit:
+                raise ValueError(f"the prompt ({len(encoded.input_ids)} tokens) and its target together need {length} "
+                                 f"positions, more than the model's context of {limit}; shorten the prompt or the "
+                                 f"target (max_target_tokens)")
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"prompt {i}: {err}" if len(prompts) > 1 else str(err)) from None
+        jobs.append(_Job(encoded, chosen, target_ids))
+
+    device = next(model.parameters()).device
+    if budget is None:
+        budget = default_memory_budget(device)
+    settings = {"masking": masking, "baseline": baseline if masking != "attention" else None,
+                "chat_template": bool(chat_template), "n_players": n_players, "max_target_tokens": max_target_tokens,
+                "eps": eps, "tokenizer": fingerprint,
+                "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    name = model_name(model)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(1 << len(job.players) for job in jobs), unit="mask", desc="interactions",
+               disable=not progress, dynamic_ncols=True)
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        with torch.no_grad():
+            for i, job in enumerate(jobs):
+                bar.set_postfix(prompt=f"{i + 1}/{len(jobs)}", refresh=False)
+                results.append(_compute_one(model, tokenizer, job, masking, baseline, budget, max_target_tokens,
+                                            eps, path, like is not None, settings, name, bar.update))
+    finally:
+        model.train(was_training)
+        bar.close()
+    return results
+
+
+def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_target_tokens, eps, path, liked,
+                 settings, name, advance) -> InteractionResult:
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    encoded = job.encoded
+    source = "like" if liked else "given" if job.target_ids is not None else "greedy"
+    target_ids = job.target_ids if job.target_ids is not None else \
+        greedy_target(model, tokenizer, list(encoded.input_ids), max_target_tokens)
+    prompt_length = len(encoded.input_ids)
+    ids = torch.tensor(list(encoded.input_ids) + target_ids[:-1], dtype=torch.int64, device=device)
+    owner_list = player_of_token(encoded, job.players) + [-1] * (len(target_ids) - 1)
+    seq = MaskedSequence(input_ids=ids, owner=torch.tensor(owner_list, dtype=torch.int64, device=device),
+                         n=len(job.players), masking=masking)
+    if masking == "embedding":
+        seq.embeds = input_embeddings(model)(ids).detach()
+        seq.baseline = baseline_embedding(model, tokenizer, baseline)
+    elif masking == "token":
+        seq.baseline_id = baseline_token_id(tokenizer, baseline, lm_head(model)[0].shape[0])
+    prediction = list(range(prompt_length - 1, prompt_length - 1 + len(target_ids)))
+    target = torch.tensor(target_ids, dtype=torch.int64, device=device)
+    logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=budget, path=path, advance=advance)
+    values = values_from_logprobs(logprobs, eps=eps)
+    interactions = ops.mobius(values)
+    player_tokens = [tuple(t for t, p in enumerate(owner_list) if p == i) for i in range(len(job.players))]
+    return InteractionResult(
+        prompt=encoded.prompt, words=list(encoded.words), players=job.players,
+        player_texts=player_texts(encoded, job.players), target_text=tokenizer.decode(target_ids),
+        target_ids=list(target_ids), values=values, interactions=interactions, model_name=name,
+        settings={**settings, "target": source}, player_tokens=player_tokens, input_ids=list(encoded.input_ids),
+        stats={"path": stats.path, "forwards": stats.forwards, "token_forwards": stats.token_forwards,
+               "naive_token_forwards": (1 << len(job.players)) * len(ids),
+               "rows_per_forward": stats.rows_per_forward, "seconds": time.perf_counter() - started,
+               "memory_budget": budget, **({"fallback": stats.fallback_reason} if stats.fallback_reason else {})})
+
+
+def _check_like(like, prompts, fingerprint, masking, baseline, chat_template) -> None:
+    for i, (result, prompt) in enumerate(zip(like, prompts)):
+        if not isinstance(result, InteractionResult):
+            raise TypeError(f"like[{i}] must be an InteractionResult, got {type(result).__name__}")
+        if result.prompt != prompt:
+            raise ValueError(f"like[{i}] is about another prompt ({result.prompt!r}, here {prompt!r}); pass the "
+                             f"results of the same prompts in the same order")
+        theirs = result.settings.get("tokenizer")
+        if theirs != fingerprint:
+            raise ValueError(f"the tokenizer differs from the one of the like= results (fingerprint {theirs} vs "
+                             f"{fingerprint}): a teacher and a student compared mask by mask must share the "
+                             f"tokenizer, so that y* and the players are the same tokens")
+        wanted = {"masking": masking, "baseline": baseline if masking != "attention" else None,
+                  "chat_template": bool(chat_template)}
+        diffs = [f"{k}={result.settings.get(k)!r} there, {v!r} here" for k, v in wanted.items()
+                 if result.settings.get(k) != v]
+        if diffs:
+            raise ValueError(f"like[{i}] was computed with other settings ({'; '.join(diffs)}); pass the same "
+                             f"masking, baseline and chat_template so that the masks are the same")

@@ -1,0 +1,121 @@
+"""InteractionResult: the values v(x_T) and interactions I_S of one prompt, with what they are about.
+
+Saved as one safetensors file: the tensors (values, interactions, target_ids) plus every other field as JSON in
+the file's metadata. Writing goes to a temporary file in the same directory, renamed over the target at the end,
+so a file is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import ops
+
+_FORMAT = "kdi_fast.InteractionResult/1"
+_JSON_FIELDS = ("prompt", "words", "players", "player_texts", "target_text", "model_name", "settings",
+                "player_tokens", "input_ids", "stats")
+
+
+@dataclass
+class InteractionResult:
+    """Interactions of one prompt. Subsets are bit masks: bit i set = player i present.
+
+    values [2^n] float64: v(x_T) for every T; interactions [2^n] float64: I_S (I_empty = v(x_empty)).
+    players: the word indices of each player; player_texts: their text; words: all words of the prompt.
+    target_ids / target_text: y*. settings: how it was computed (masking, baseline, ...). player_tokens: the
+    positions of each player's tokens in input_ids (the model input without the target). stats: cost figures.
+    """
+
+    prompt: str
+    words: list[str]
+    players: list[tuple[int, ...]]
+    player_texts: list[str]
+    target_text: str
+    target_ids: list[int]
+    values: Tensor
+    interactions: Tensor
+    model_name: str
+    settings: dict
+    player_tokens: list[tuple[int, ...]] = field(default_factory=list)
+    input_ids: list[int] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.players = [tuple(int(w) for w in p) for p in self.players]
+        self.player_tokens = [tuple(int(t) for t in p) for p in self.player_tokens]
+        size = 1 << len(self.players)
+        for name in ("values", "interactions"):
+            tensor = getattr(self, name)
+            if not isinstance(tensor, Tensor) or tensor.shape != (size,):
+                raise ValueError(f"{name} must be a tensor of 2^n = {size} values for n = {len(self.players)} "
+                                 f"players, got {getattr(tensor, 'shape', type(tensor).__name__)}")
+
+    @property
+    def n(self) -> int:
+        """The number of players."""
+        return len(self.players)
+
+    def subset_texts(self, mask: int) -> tuple[str, ...]:
+        """The player texts of the subset with bit mask `mask`."""
+        return tuple(self.player_texts[i] for i in range(self.n) if mask >> i & 1)
+
+    def top(self, k: int = 10) -> list[tuple[tuple[str, ...], float]]:
+        """The k strongest interactions by |I_S| over non-empty S: (player texts of S, I_S), strongest first."""
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        strength = self.interactions[1:].abs()
+        k = min(k, strength.numel())
+        order = torch.topk(strength, k, sorted=True).indices + 1 if k else torch.zeros(0, dtype=torch.long)
+        return [(self.subset_texts(int(s)), float(self.interactions[s])) for s in order]
+
+    def matching_error(self) -> float:
+        """max over T of |v(x_T) - sum_{S subset of T} I_S| (universal matching; ~1e-12 in float64)."""
+        rebuilt = ops.zeta(self.interactions.double())
+        return float((self.values.double() - rebuilt).abs().max())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to `path` (a safetensors file) atomically; returns the path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {name: getattr(self, name) for name in _JSON_FIELDS}
+        tensors = {"values": self.values.detach().double().cpu().contiguous(),
+                   "interactions": self.interactions.detach().double().cpu().contiguous(),
+                   "target_ids": torch.tensor(self.target_ids, dtype=torch.int64)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"format": _FORMAT, "json": json.dumps(meta, ensure_ascii=False)})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "InteractionResult":
+        """Read a result written by save()."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"{path} is not an InteractionResult file (format {meta.get('format')!r})")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        fields = json.loads(meta["json"])
+        return cls(values=tensors["values"], interactions=tensors["interactions"],
+                   target_ids=tensors["target_ids"].tolist(), **fields)
+
+    def __repr__(self) -> str:
+        return (f"InteractionResult(n={self.n}, players={self.player_texts}, target={self.target_text!r}, "
+                f"v(full)={float(self.values[-1]):.4g}, v(empty)={float(self.values[0]):.4g}, "
+                f"model={self.model_name!r})")

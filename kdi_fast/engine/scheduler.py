@@ -1,0 +1,312 @@
+"""The scheduler: log p(y* | x_T) for all 2^n masked inputs of a prompt, in batches within a memory budget.
+
+The prefix tree. Order the players by their first token: player i (in that order) first appears at position
+b_{i+1}. Segment 0 = the tokens before the first player, segment k = the tokens from player k's first token to
+player k+1's, segment n (the tail) = the rest, including y*_1..y*_{L-1}. The hidden states of segment k depend
+on the bits of the first k players only, so segment k is computed for its 2^k distinct settings (not 2^n): the
+prefix once, and only the tail runs for every mask. A forward processes one segment for a batch of rows (tree
+nodes) of one level; each row attends to its ancestors' stored keys (see prefix_attention). The tree is walked
+depth-first: a batch of nodes at level k, then its children in batches at level k + 1, and so on, so that the
+stored keys are only those of the current path and the batch sizes stay within the memory budget. The LM head
+runs on the L target-predicting positions of the tail only.
+
+Row numbering: a node at level k is a k-bit number whose most significant bit is the first player; its children
+are 2r and 2r + 1 (the new player absent, present). Results are returned by mask in the caller's player order.
+
+The flat path (models whose attention cannot be plugged in): every masked input in full, in batches, with the
+model's own attention; the LM head still only at the target positions.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .forward import decoder, head_logprobs, lm_head
+from .masking import MaskedSequence
+from .prefix_attention import ATTENTION_NAME, STATE_KWARG, TreeState, Unsupported, register
+
+CPU_MAX_TOKENS_PER_FORWARD = 4096
+"""On CPU, larger batches do not run faster (measured: GEMMs saturate well below this), they only take memory."""
+GPU_MAX_TOKENS_PER_FORWARD = 1 << 16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory estimates
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes that set a forward's working memory."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    element: int  # bytes per activation
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "ModelDims":
+        config = model.config
+        hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
+        heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+        intermediate = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+                           or 4 * hidden)
+        element = next(model.parameters()).element_size()
+        return cls(int(config.num_hidden_layers), hidden, intermediate, heads, kv_heads, head_dim,
+                   int(lm_head(model)[0].shape[0]), element)
+
+    @property
+    def kv_per_token(self) -> int:
+        """Bytes of stored keys and values per token (all layers)."""
+        return self.layers * 2 * self.kv_heads * self.head_dim * self.element
+
+    def forward_bytes(self, rows: int, length: int, keys: int) -> int:
+        """Working memory of one decoder forward: rows x length new tokens attending to `keys` keys each."""
+        per_token = self.element * (6 * self.hidden + 3 * self.intermediate + 3 * self.heads * self.head_dim)
+        gathered = 2 * keys * self.kv_heads * self.head_dim * self.element * 2  # ancestors' K/V and the cat
+        scores = self.heads * length * keys * 4 * 3
+        return rows * (length * per_token + gathered + scores)
+
+    def head_chunk(self, budget: int) -> int:
+        """Rows per chunk of the fused LM head so that its logits take at most an eighth of the budget."""
+        return int(max(1, min(1024, budget // 8 // (self.vocab * 4 * 3))))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The plan of one prompt
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TreePlan:
+    """bounds: segment k is tokens [bounds[k], bounds[k+1]) (k = 0..n); order[i]: the caller's index of the i-th
+    player by position; rows[k]: nodes per forward at level k; prediction: positions predicting y*."""
+
+    bounds: list[int]
+    order: list[int]
+    rows: list[int]
+    prediction: list[int]
+    estimated_bytes: int
+
+    @property
+    def n(self) -> int:
+        return len(self.order)
+
+    def token_forwards(self) -> int:
+        """Token positions the decoder runs over, in total."""
+        return sum((1 << k) * (self.bounds[k + 1] - self.bounds[k]) for k in range(self.n + 1))
+
+
+def _pow2_floor(x: float) -> int:
+    return 1 << int(math.floor(math.log2(x))) if x >= 1 else 1
+
+
+def segment_bounds(owner: Tensor, n: int) -> tuple[list[int], list[int]]:
+    """(bounds, order): players ordered by their first token, and the segment bounds (see TreePlan)."""
+    owner_list = owner.tolist()
+    first = {}
+    for position, player in enumerate(owner_list):
+        if player >= 0 and player not in first:
+            first[player] = position
+    if sorted(first) != list(range(n)):
+        missing = sorted(set(range(n)) - set(first))
+        raise ValueError(f"players {missing} have no tokens in the model input")
+    order = sorted(range(n), key=first.__getitem__)
+    return [0] + [first[p] for p in order] + [len(owner_list)], order
+
+
+def plan_tree(seq: MaskedSequence, prediction: list[int], dims: ModelDims, budget: int,
+              max_tokens: int) -> TreePlan:
+    """The largest batches (a power of two of nodes per level) whose estimated peak memory fits the budget."""
+    n = seq.n
+    bounds, order = segment_bounds(seq.owner, n)
+    lengths = [bounds[k + 1] - bounds[k] for k in range(n + 1)]
+    head = dims.head_chunk(budget) * dims.vocab * 4 * 3
+
+    def rows_for(cap: int) -> list[int]:
+        rows = []
+        for k in range(n + 1):
+            limit = _pow2_floor(cap / max(lengths[k], 1))
+            rows.append(max(1, min(1 << k, limit, 2 * rows[-1] if rows else 1)))
+        return rows
+
+    def peak(rows: list[int]) -> int:
+        stored, worst = 0, 0
+        for k in range(n + 1):
+            worst = max(worst, stored + dims.forward_bytes(rows[k], lengths[k], bounds[k + 1]))
+            stored += rows[k] * lengths[k] * dims.kv_per_token
+        return worst + head
+
+    cap = _pow2_floor(max_tokens)
+    while True:
+        rows = rows_for(cap)
+        need = peak(rows)
+        if need <= budget or cap == 1:
+            break
+        cap //= 2
+    if need > budget:
+        raise ValueError(f"memory_budget={budget:,} bytes is too small for this prompt: even one masked input at a "
+                         f"time needs about {need:,} bytes; raise memory_budget")
+    return TreePlan(bounds, order, rows, prediction, need)
+
+
+def masks_of_rows(rows: Tensor, level: int, order: list[int]) -> Tensor:
+    """The masks (bit order[i] = player order[i] present) of tree nodes `rows` [M] at `level`."""
+    masks = torch.zeros_like(rows)
+    for i in range(level):
+        masks |= ((rows >> (level - 1 - i)) & 1) << order[i]
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunStats:
+    """What a run did: path ("prefix_tree" or "flat"), forwards, token positions, rows per level."""
+
+    path: str = ""
+    forwards: int = 0
+    token_forwards: int = 0
+    rows_per_forward: list[int] = field(default_factory=list)
+    fallback_reason: str = ""
+
+
+@contextmanager
+def prefix_tree_attention(model: nn.Module):
+    """Switch the model to the prefix-tree attention for the duration (restored after, also on errors)."""
+    register()
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def run_tree(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, plan: TreePlan, dims: ModelDims,
+             head_chunk: int, advance: Callable[[int], None] = lambda k: None) -> tuple[Tensor, RunStats]:
+    """log p(y*_l | x_T) [2^n, L] by mask (caller's player order), through the prefix tree."""
+    n, device = plan.n, seq.input_ids.device
+    out = torch.empty(1 << n, target_ids.shape[0], dtype=torch.float64 if dims.element == 8 else torch.float32)
+    state = TreeState(total_length=len(seq))
+    stats = RunStats(path="prefix_tree", rows_per_forward=list(plan.rows))
+    base = decoder(model)
+    tail_prediction = torch.tensor(plan.prediction, device=device) - plan.bounds[n]
+
+    def forward(level: int, first_row: int, rows: int) -> None:
+        start, stop = plan.bounds[level], plan.bounds[level + 1]
+        if stop == start:  # an empty prefix (a player at position 0)
+            return
+        node_ids = torch.arange(first_row, first_row + rows, device=device)
+        masks = masks_of_rows(node_ids, level, plan.order)
+        inputs = seq.inputs(start, stop, masks)
+        state.begin(level, first_row, rows, stop - start, seq.key_mask(start, stop, masks), store=level < n,
+                    device=device)
+        positions = torch.arange(start, stop, device=device)[None].expand(rows, -1)
+        hidden = base(**inputs, position_ids=positions, use_cache=False, **{STATE_KWARG: state}).last_hidden_state
+        state.end(dims.layers)
+        stats.forwards += 1
+        stats.token_forwards += rows * (stop - start)
+        if level == n:
+            logprobs = head_logprobs(model, hidden.index_select(1, tail_prediction), target_ids,
+                                     chunk_size=head_chunk)
+            out[masks.cpu()] = logprobs.to(out.dtype).cpu()
+            advance(rows)
+
+    def visit(level: int, first_row: int, rows: int) -> None:
+        forward(level, first_row, rows)
+        if level < n:
+            child_rows = plan.rows[level + 1]
+            for child in range(2 * first_row, 2 * (first_row + rows), child_rows):
+                visit(level + 1, child, child_rows)
+
+    with prefix_tree_attention(model):
+        visit(0, 0, 1)
+    return out, stats
+
+
+def plan_flat(seq: MaskedSequence, dims: ModelDims, budget: int, max_tokens: int) -> int:
+    """Masked inputs per forward of the flat path."""
+    length = len(seq)
+    per_mask = dims.forward_bytes(1, length, length)
+    head = dims.head_chunk(budget) * dims.vocab * 4 * 3
+    rows = max(1, min((budget - head) // per_mask if budget > head else 1, max_tokens // max(length, 1)))
+    return int(min(rows, 1 << seq.n))
+
+
+def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, prediction: list[int], masks: Tensor,
+             rows: int, head_chunk: int, advance: Callable[[int], None] = lambda k: None) -> tuple[Tensor, RunStats]:
+    """log p(y*_l | x_T) [M, L] for `masks` [M]: each masked input in full, with the model's own attention."""
+    device = seq.input_ids.device
+    base = decoder(model)
+    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    out = torch.empty(masks.shape[0], target_ids.shape[0], dtype=dtype)
+    prediction_t = torch.tensor(prediction, device=device)
+    stats = RunStats(path="flat", rows_per_forward=[rows])
+    for start in range(0, masks.shape[0], rows):
+        chunk = masks[start:start + rows].to(device)
+        inputs = seq.full_inputs(chunk)
+        positions = torch.arange(len(seq), device=device)[None].expand(chunk.shape[0], -1)
+        hidden = base(**inputs, position_ids=positions, use_cache=False).last_hidden_state
+        out[start:start + chunk.shape[0]] = head_logprobs(model, hidden.index_select(1, prediction_t), target_ids,
+                                                          chunk_size=head_chunk).to(dtype).cpu()
+        stats.forwards += 1
+        stats.token_forwards += chunk.shape[0] * len(seq)
+        advance(chunk.shape[0])
+    return out, stats
+
+
+def all_mask_logprobs(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, prediction: list[int], *,
+                      budget: int, path: str = "auto", max_tokens: int | None = None,
+                      advance: Callable[[int], None] = lambda k: None) -> tuple[Tensor, RunStats]:
+    """log p(y*_l | x_T, y*_<l) [2^n, L] for every mask T (index = bit mask in the caller's player order).
+
+    path: "auto" (the prefix tree, or the flat path for models it cannot serve), "prefix_tree" or "flat".
+    """
+    if path not in ("auto", "prefix_tree", "flat"):
+        raise ValueError(f"path must be 'auto', 'prefix_tree' or 'flat', got {path!r}")
+    dims = ModelDims.of(model)
+    device = seq.input_ids.device
+    if max_tokens is None:
+        max_tokens = GPU_MAX_TOKENS_PER_FORWARD if device.type == "cuda" else CPU_MAX_TOKENS_PER_FORWARD
+    head_chunk = dims.head_chunk(budget)
+    reason = ""
+    if path in ("auto", "prefix_tree"):
+        plan = plan_tree(seq, prediction, dims, budget, max_tokens)
+        done = 0
+
+        def counted(k: int) -> None:
+            nonlocal done
+            done += k
+            advance(k)
+
+        try:
+            return run_tree(model, seq, target_ids, plan, dims, head_chunk, counted)
+        except Unsupported as err:
+            if path == "prefix_tree":
+                raise
+            reason = str(err)
+            warnings.warn(f"kdi_fast: {type(model).__name__} cannot use the prefix-tree attention ({reason}); "
+                          f"computing every masked input in full instead (slower)", stacklevel=3)
+            advance(-done)
+    rows = plan_flat(seq, dims, budget, max_tokens)
+    out, stats = run_flat(model, seq, target_ids, prediction, torch.arange(1 << seq.n), rows, head_chunk, advance)
+    stats.fallback_reason = reason
+    return out, stats
