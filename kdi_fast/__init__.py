@@ -14,6 +14,7 @@ _LAZY = {
     **dict.fromkeys(("gini", "entropy", "overlap_at_k", "by_order", "simple_complex", "normalise", "agreement",
                      "fidelity", "rouge_l", "mean_ci", "spearman"), "metrics"),
     "compare_models": "metrics.comparison",
+    **dict.fromkeys(("compute_interactions", "InteractionResult"), "engine"),
     "write_report": "report",
 }
 __all__ += list(_LAZY)
