@@ -31,8 +31,10 @@ def make_batch(prompt_lengths=(5, 7, 4), target_lengths=(3, 2, 4), seed=0):
 def reference_cip(model, batch, records, *, masking="embedding", baseline="pad", order_threshold=0.0,
                   weight=1.0, eps=1e-7):
     """Straightforward CIP for token-level players (tokenizer=None): word w = the w-th prompt token."""
-    embed = model.get_input_embeddings().weight
-    base = {"pad": embed[PAD], "zeros": torch.zeros_like(embed[0]), "mean": embed.mean(0)}[baseline]
+    module = model.get_input_embeddings()
+    embed = module.weight
+    pad = module(torch.tensor(PAD))  # as if the pad token were fed (a padding_idx row gets no gradient)
+    base = {"pad": pad, "zeros": torch.zeros_like(embed[0]), "mean": embed.mean(0)}[baseline]
     penalties = []
     for record in records:
         b = record.index
@@ -117,6 +119,14 @@ def test_reusing_the_callers_forward_changes_nothing():
     torch.testing.assert_close(alone, reused)
     for a, b in zip(_grads(model, alone), _grads(model, reused)):
         torch.testing.assert_close(a, b)
+
+
+def test_a_padding_idx_baseline_gets_no_gradient_as_when_the_pad_token_is_fed():
+    model = tiny_causal_lm("llama", vocab_size=VOCAB, hidden_size=16, seed=2)  # Embedding(padding_idx=PAD)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untie: input side only
+    CIP(3)(model, make_batch(), step=0).backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert torch.all(grad[PAD] == 0) and grad.abs().sum() > 0
 
 
 def test_complex_subsets_follow_the_threshold():

@@ -226,7 +226,8 @@ class CIP(nn.Module):
                                  f"config), and neither has one; pass baseline='zeros', 'mean' or a token id")
         if not 0 <= token < weight.shape[0]:
             raise ValueError(f"baseline token id {token} is outside the embedding matrix ({weight.shape[0]} rows)")
-        return weight[token]
+        # through the module, as if the token were fed: a padding_idx row gets no gradient, as in the model
+        return embed(torch.tensor([token], device=weight.device))[0]
 
     def _mean_target_logprobs(self, model: nn.Module, plans: list[_Plan], input_ids: Tensor,
                               attention_mask: Tensor, outputs) -> list[Tensor]:
