@@ -120,7 +120,7 @@ def test_default_run_on_smollm2(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     teacher = load_results(out / "runs" / "teacher")
     student = load_results(out / "runs" / summary["students"][0])
-    assert list(teacher) == ["green-hand", "doctor-visit"]
+    assert list(teacher) == ["green-hand", "doctor-visit"]  # the first two default prompts
     for pid in teacher:
         assert teacher[pid].n == 8 and teacher[pid].model_name != student[pid].model_name
         assert teacher[pid].matching_error() < 1e-8

@@ -131,3 +131,13 @@ def test_json_ready_and_nan_columns():
     assert c.summary["models"]["s"]["metrics"]["overlap@1"]["mean"] == 1.0
     assert math.isnan(c.column("s", "gini_simple")[0])
     assert json_ready({"a": [float("nan"), 1.0], "b": torch.tensor([2.0])}) == {"a": [None, 1.0], "b": [2.0]}
+
+
+def test_paired_differences(pair):
+    teacher, student = pair
+    c = compare_models(teacher, {"s": student})
+    diff = [gini(s).item() - gini(t).item() for t, s in zip(teacher, student)]
+    got = c.summary["models"]["s"]["difference"]["gini"]
+    expected = mean_ci(diff)
+    assert got["mean"] == pytest.approx(expected.mean, abs=1e-15) and got["low"] == pytest.approx(expected.low)
+    assert "difference" not in c.summary["models"]["teacher"]

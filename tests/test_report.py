@@ -101,6 +101,11 @@ def test_markdown_shows_the_numbers_and_links(report):
     assert "| teacher | T |" in text and "a \\| b" in text  # run info and escaped table cells
     assert "Overlap@0.1 within complex interactions" in text
     assert f"answer agreement {fmt(100 * c.summary['models']['small']['text']['agreement'], 1)}%" in text
+    # the paired Gini difference (student - teacher over the same prompts) with its interval
+    from kdi_fast.metrics import mean_ci
+
+    d = mean_ci([gini(s).item() - gini(t).item() for t, s in zip(c.results["teacher"], c.results["tiny"])])
+    assert f"paired difference {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" in text
 
 
 def test_report_with_one_prompt_and_no_outputs(tmp_path):

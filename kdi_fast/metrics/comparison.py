@@ -41,6 +41,8 @@ INTERACTION_COLUMNS = (
     "gini_simple", "gini_complex", "entropy_simple", "entropy_complex",
 )
 TEXT_COLUMNS = ("agree", "bleu", "rouge_l")
+PAIRED_COLUMNS = ("gini", "entropy", "share_complex", "gini_complex")
+"""Measures also reported as paired differences (student - teacher, per prompt)."""
 
 
 def overlap_column(k: float, part: str = "") -> str:
@@ -111,7 +113,7 @@ def _interaction_row(result, teacher_result, ks, k_main, max_simple_order, thres
         "n": n,
         "gini": gini(x).item(),
         "entropy": entropy(x).item(),
-        "salient": int((normalise(x)[1:].abs() > threshold).sum()),
+        "salient": int(by_order(x, threshold=threshold).salient.sum()),
         **{key: value.item() for key, value in parts.items() if not key.startswith("overlap")},
     }
     if teacher_result is not None:
@@ -140,7 +142,7 @@ def _order_profile(results: list, threshold: float) -> dict[str, list[float]]:
             counts = (~np.isnan(table)).sum(0)
             means = np.where(counts > 0, np.nansum(table, 0) / np.maximum(counts, 1), np.nan)
         out[key] = [float(v) for v in means]
-    out["prompts"] = [int(c) for c in (~np.isnan(table)).sum(0)]
+    out["prompts"] = [sum(len(p.orders) >= j for p in profiles) for j in range(1, top + 1)]
     return out
 
 
@@ -259,6 +261,12 @@ def compare_models(
             "by_order": _order_profile(all_results[m], salient_threshold),
             "sorted_strength": _sorted_curve(all_results[m]),
         }
+        if m != teacher_name:  # paired over prompts: student minus teacher, with its interval
+            entry["difference"] = {
+                c: mean_ci([b - a for a, b in zip(column(teacher_name, c), column(m, c))], confidence,
+                           nan_policy="omit").as_dict()
+                for c in PAIRED_COLUMNS
+            }
         if m != teacher_name and outputs is not None:
             entry["text"] = {
                 "agreement": float(np.mean(text_scores[m]["agree"])),

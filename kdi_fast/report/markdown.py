@@ -59,33 +59,55 @@ _METRIC_LABELS = [
 ]
 
 
+def _signed_interval(entry: Mapping | None) -> tuple[str, str]:
+    """('+0.041 [-0.012, +0.094]', verdict) for a paired difference; the verdict says whether the interval
+    excludes 0."""
+    if not entry or entry.get("mean") is None:
+        return "-", "not measurable"
+    mean, low, high = entry["mean"], entry.get("low"), entry.get("high")
+    if low is None or high is None:
+        return f"{mean:+.3f}", "one prompt: no interval"
+    verdict = "the 95% interval excludes 0" if low > 0 or high < 0 else "within noise: the 95% interval holds 0"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]", verdict
+
+
+def _percent(x) -> str:
+    return fmt(100 * x if x is not None else None, 1)
+
+
 def _findings(c: Comparison) -> list[str]:
     s = c.summary["models"]
     t = s[c.teacher]["metrics"]
     lines = []
     for m in c.students:
         sm = s[m]["metrics"]
+        diff = s[m].get("difference", {})
         g_t, g_s = t["gini"].get("mean"), sm["gini"].get("mean")
+        gini_diff, gini_verdict = _signed_interval(diff.get("gini"))
         k = c.k_main
         ov = sm[overlap_column(k)].get("mean")
         ov_s, ov_c = sm[overlap_column(k, "simple")].get("mean"), sm[overlap_column(k, "complex")].get("mean")
         sh_t, sh_s = t["share_complex"].get("mean"), sm["share_complex"].get("mean")
+        share_diff, share_verdict = _signed_interval(diff.get("share_complex"))
         verb = "sparser than" if (g_s or 0) > (g_t or 0) else "less sparse than"
         lines.append(
-            f"- The interactions of **{m}** are **{verb}** the teacher's (mean Gini {fmt(g_s)} vs {fmt(g_t)}); "
-            f"complex interactions carry {fmt(100 * sh_s if sh_s is not None else None, 1)}% of its strength "
-            f"(teacher {fmt(100 * sh_t if sh_t is not None else None, 1)}%)."
+            f"- **Sparsity.** The interactions of **{m}** are {verb} the teacher's: mean Gini {fmt(g_s)} vs "
+            f"{fmt(g_t)}, paired difference {gini_diff} ({gini_verdict})."
+        )
+        lines.append(
+            f"- **Complex interactions** carry {_percent(sh_s)}% of the strength of **{m}** and {_percent(sh_t)}% "
+            f"of the teacher's (paired difference of the share {share_diff}; {share_verdict})."
         )
         if ov is not None:
             ratio = f", {ov / k:.1f}x chance" if k > 0 else ""
             lines.append(
-                f"- Overlap@{k:g} of **{m}** with the teacher: {fmt(ov)} (chance {k:g}{ratio}); "
+                f"- **Alignment.** Overlap@{k:g} of **{m}** with the teacher: {fmt(ov)} (chance {k:g}{ratio}); "
                 f"within simple interactions {fmt(ov_s)}, within complex ones {fmt(ov_c)}."
             )
         text = s[m].get("text")
         if text:
             lines.append(
-                f"- Outputs of **{m}** against the teacher's: answer agreement {fmt(100 * text['agreement'], 1)}%, "
+                f"- **Outputs** of **{m}** against the teacher's: answer agreement {_percent(text['agreement'])}%, "
                 f"BLEU {fmt(text['fidelity_bleu'], 1)}, ROUGE-L {fmt(text['rouge_l'], 1)}."
             )
     return lines
