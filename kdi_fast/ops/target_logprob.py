@@ -81,9 +81,12 @@ class _TargetLogprobs(torch.autograd.Function):
                 h = hidden[rows].to(compute)
                 grad_logits = _grad_logits(h @ w.T, targets[rows], lse[rows], grad[rows], b, acc, name)
                 if need_h:
-                    grad_h[rows] = grad_logits @ w
+                    torch.mm(grad_logits, w, out=grad_h[rows])
                 if need_w:
-                    grad_w += (grad_logits.T @ h).to(grad_w.dtype)
+                    if grad_w.dtype == grad_logits.dtype:
+                        grad_w.addmm_(grad_logits.T, h)  # no [V, H] temporary
+                    else:
+                        grad_w += (grad_logits.T @ h).to(grad_w.dtype)
                 if need_b:
                     grad_b += grad_logits.sum(0, dtype=acc)
         return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
