@@ -306,6 +306,38 @@ def plot(records: list[dict], path: Path) -> None:
     write_atomically(path, buf.getvalue())
 
 
+def markdown(result: dict) -> str:
+    """The README tables: the targets, and a compact timing table (milliseconds, medians)."""
+    m = result["machine"]
+    lines = [f"Measured {result['started'][:10]} on {m['cpu']} ({m['logical_cores']} cores, {m['platform']}), "
+             f"torch {m['versions']['torch']} with {m['torch_threads']} threads, kdi_fast C++ kernels "
+             f"{m['build'].get('simd')} + OpenMP; load average {result['load_average_before'][0]:.2f} before, "
+             f"{result['load_average_after'][0]:.2f} after.", "",
+             "| target | measured | met |", "| --- | ---: | :---: |"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']:,.2f}x | {'yes' if t['met'] else 'NO'} |")
+    lines += ["", "| n | batch | cpp | copy | numpy | torch | dense | numpy / cpp |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    cells: dict[tuple[int, int], dict[str, float]] = {}
+    for r in result["records"]:
+        if r["dtype"] == "float32":
+            cells.setdefault((r["n"], r["batch"]), {})[r["method"]] = r["seconds"] * 1e3
+    for (n, batch), row in sorted(cells.items()):
+        if n % 4 or batch not in (1, 64):
+            continue
+        fmt = lambda k: f"{row[k]:.3g}" if k in row else "-"  # noqa: E731
+        ratio = f"{row['numpy'] / row['cpp']:.1f}x" if "numpy" in row else "-"
+        lines.append(f"| {n} | {batch} | {fmt('cpp')} | {fmt('copy')} | {fmt('numpy')} | {fmt('torch')} | "
+                     f"{fmt('dense')} | {ratio} |")
+    shapiq = {r["n"]: r["seconds"] for r in result["records"] if r["method"] == "shapiq"}
+    ours = {r["n"]: r["seconds"] for r in result["records"] if r["method"] == "cpp" and r["dtype"] == "float64"}
+    if shapiq:
+        lines += ["", "| n (one row, float64) | shapiq | cpp | shapiq / cpp |", "| ---: | ---: | ---: | ---: |"]
+        lines += [f"| {n} | {shapiq[n]:.3g} s | {ours[n] * 1e6:.3g} us | {shapiq[n] / ours[n]:,.0f}x |"
+                  for n in sorted(shapiq)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small grid (about a minute), for a smoke test")
@@ -336,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     writer.writerows(records)
     write_atomically(args.out / "transform.csv", table.getvalue().encode())
     plot(records, args.out / "transform.png")
-    log(f"wrote {args.out / 'transform.json'}, .csv and .png (load {os.getloadavg()[0]:.2f} at the end)")
+    log(f"wrote {args.out / 'transform.json'}, .csv and .png (load {os.getloadavg()[0]:.2f} at the end)\n")
+    log(markdown(result))
     return 0
 
 
