@@ -33,14 +33,14 @@ def masked_embeddings(embeds: Tensor, player_of_token: Tensor, masks: Tensor, ba
     -> [B, M, T, H]. Differentiable w.r.t. embeds and baseline (first order). backend: "triton" or "torch"
     (default: automatic, see kdi_fast._backend).
     """
-    batched = _check(embeds, player_of_token, masks, baseline)
+    _check(embeds, player_of_token, masks, baseline)
     name = _backend.choose("masked_embeddings", embeds.device, backend)
-    out = _MaskedEmbeddings.apply(embeds, baseline, player_of_token, masks, name)
-    return out if batched else out[0]
+    return _MaskedEmbeddings.apply(embeds, baseline, player_of_token, masks, name)
 
 
 class _MaskedEmbeddings(torch.autograd.Function):
-    """Inputs are brought to the batched form [B, T, H] inside; the output is [B, M, T, H]."""
+    """Inputs are brought to the batched form [B, T, H] inside; the output is [B, M, T, H], or [M, T, H] for
+    one prompt (squeezed here, so that the backward gets no zero-padded [1, M, T, H] copy of its gradient)."""
 
     @staticmethod
     def forward(ctx, embeds: Tensor, baseline: Tensor, player_of_token: Tensor, masks: Tensor, name: str) -> Tensor:
@@ -59,13 +59,14 @@ class _MaskedEmbeddings(torch.autograd.Function):
         ctx.name = name
         ctx.shapes = (embeds.shape, baseline.shape)
         ctx.dtypes = (embeds.dtype, baseline.dtype)
-        return out
+        return out if embeds.dim() == 3 else out[0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         player, bits = ctx.saved_tensors
         (embeds_shape, baseline_shape), (embeds_dtype, baseline_dtype) = ctx.shapes, ctx.dtypes
+        grad = grad if grad.dim() == 4 else grad[None]
         if ctx.name == "triton":
             from ..kernels import masked_embed as kernel
 
@@ -91,8 +92,8 @@ def _torch_backward(grad: Tensor, player: Tensor, bits: Tensor) -> tuple[Tensor,
     return torch.einsum("bmt,bmth->bth", kept.to(g.dtype), g), torch.einsum("bmt,bmth->bth", (~kept).to(g.dtype), g)
 
 
-def _check(embeds: Tensor, player_of_token: Tensor, masks: Tensor, baseline: Tensor) -> bool:
-    """Validate the arguments at the public boundary; returns whether the call is batched."""
+def _check(embeds: Tensor, player_of_token: Tensor, masks: Tensor, baseline: Tensor) -> None:
+    """Validate the arguments at the public boundary (a clear error that says what to do)."""
     for name, t in (("embeds", embeds), ("player_of_token", player_of_token), ("masks", masks),
                     ("baseline", baseline)):
         if not isinstance(t, Tensor):
