@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.13.0 triton==3.7.1
 EXTRAS ?= models,metrics,data,trl,bench,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench wheel clean
+.PHONY: setup demo test bench experiment wheel clean
 
 $(VENV)/.installed: setup.py pyproject.toml CMakeLists.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+experiment: setup
+	$(PY) benchmarks/experiment_kd.py
 
 wheel: setup
 	$(PIP) wheel --no-deps -w dist .

@@ -281,6 +281,8 @@ def test_student_recipes():
             parse_recipe(recipe)
     with pytest.raises(ValueError, match="no field"):
         build_student(teacher, "fresh:not_a_field=3")
+    teacher.requires_grad_(False)  # a frozen teacher still gives a trainable student
+    assert all(p.requires_grad for p in build_student(teacher, "layers:1").parameters())
 
 
 @pytest.mark.parametrize("options, message", [

@@ -28,7 +28,8 @@ from torch import nn
 from .datasets import Example, answer_extractor, end_of_turn_id, tokenize_prompts
 from .generation import generate_responses
 
-__all__ = ["EvalSettings", "ModelEval", "model_eval", "text_scores", "interaction_scores", "evaluate_run"]
+__all__ = ["EvalSettings", "ModelEval", "model_eval", "text_scores", "interaction_scores", "evaluate_run",
+           "save_model_eval", "load_model_eval"]
 
 
 @dataclass
@@ -140,7 +141,29 @@ def _write_json(path: Path, obj) -> None:
 def _save_interactions(evaluation: ModelEval, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, result in enumerate(evaluation.interactions):
-        result.save(folder / f"{i:05d}")
+        result.save(folder / f"{i:05d}.safetensors")
+
+
+def save_model_eval(evaluation: ModelEval, folder: str | Path) -> None:
+    """Keep a ModelEval on disk (outputs.json + one safetensors file per interaction result)."""
+    folder = Path(folder)
+    _save_interactions(evaluation, folder)
+    _write_json(folder / "outputs.json", {"name": evaluation.name, "outputs": evaluation.outputs,
+                                          "interactions": len(evaluation.interactions)})
+
+
+def load_model_eval(folder: str | Path) -> ModelEval | None:
+    """The ModelEval kept by save_model_eval in `folder`, or None when it is not there (complete)."""
+    from ..engine import InteractionResult
+
+    folder = Path(folder)
+    if not (folder / "outputs.json").is_file():
+        return None
+    stored = json.loads((folder / "outputs.json").read_text())
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != stored["interactions"]:
+        return None
+    return ModelEval(stored["name"], stored["outputs"], [InteractionResult.load(f) for f in files])
 
 
 def _write_report(evals: Sequence[ModelEval], out: Path, settings: EvalSettings, extractor) -> str:

@@ -62,4 +62,4 @@ def build_student(teacher: nn.Module, recipe: str, *, seed: int = 0) -> nn.Modul
     if student.config.vocab_size != teacher.config.vocab_size:
         raise ValueError(f"the student's vocabulary ({student.config.vocab_size}) differs from the teacher's "
                          f"({teacher.config.vocab_size}); distillation here needs a shared tokenizer")
-    return student.to(next(teacher.parameters()).device)
+    return student.requires_grad_(True).to(next(teacher.parameters()).device)  # trainable even if the teacher is frozen

@@ -241,7 +241,7 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
     device = next(student.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_id(tokenizer)
     eot_id = end_of_turn_id(tokenizer)
-    teacher.eval().requires_grad_(False)
+    teacher.eval()  # its forwards run under no_grad; its parameters' flags are left as they are
 
     train = tokenize_examples(tokenizer, train_examples, max_length=config.max_length)
     cache_reused = None
