@@ -126,4 +126,3 @@ def _check(embeds: Tensor, player_of_token: Tensor, masks: Tensor, baseline: Ten
         if low < -1 or high >= _MAX_PLAYERS:
             raise ValueError(f"player_of_token holds {low if low < -1 else high}; use -1 for tokens that are not "
                              f"players and 0..{_MAX_PLAYERS - 1} for players (bit i of an int64 mask)")
-    return batched
