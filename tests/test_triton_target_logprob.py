@@ -177,3 +177,15 @@ def test_bad_input():
         target_logprobs(hidden, weight, targets, chunk_size=0)
     with pytest.raises(ValueError, match="different devices"):
         target_logprobs(hidden, weight.to("meta"), targets)
+
+
+def test_info_reports_the_kernel_ops(monkeypatch):
+    """`python -m kdi_fast info` lists each op with its choice for CPU tensors and what it implements."""
+    from kdi_fast.cli.info import report
+
+    rows = {line.split()[0]: line.split() for line in report().splitlines() if line.strip()}
+    assert rows["target_logprobs"][1:] == ["torch", "triton,", "torch"]
+    assert rows["masked_embeddings"][1:] == ["torch", "triton,", "torch"]
+    monkeypatch.setenv("KDI_FAST_BACKEND", "triton")  # forced; CPU tensors run it under TRITON_INTERPRET=1
+    rows = {line.split()[0]: line.split() for line in report().splitlines() if line.strip()}
+    assert rows["target_logprobs"][1] == rows["masked_embeddings"][1] == rows["mobius"][1] == "triton"
