@@ -84,6 +84,7 @@ def compute_interactions(
     like: list[InteractionResult] | None = None,
     eps: float = DEFAULT_EPS,
     path: str = "auto",
+    max_batch_tokens: int | None = None,
 ) -> list[InteractionResult]:
     """The interactions of `model` on each prompt: v(x_T) for all 2^n masked inputs and I_S = mobius(v).
 
@@ -95,6 +96,8 @@ def compute_interactions(
     like: results of another model (e.g. the teacher) on the same prompts: their y*, players and masking are
     reused, so the values compare mask by mask; the tokenizers must be the same.
     eps: the clamp of p in v = log(p / (1 - p)). path: "auto" | "prefix_tree" | "flat" (see scheduler).
+    max_batch_tokens: at most this many token positions per decoder forward (default 4096 on CPU, 65536 on GPU;
+    the memory budget may lower it).
     """
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise TypeError("prompts must be a list of strings (wrap a single prompt in a list)")
@@ -102,6 +105,8 @@ def compute_interactions(
         raise ValueError("prompts is empty: give at least one prompt")
     check_masking(masking, baseline)
     budget = parse_memory(memory_budget)
+    if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+        raise ValueError(f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}")
     for name, value in (("targets", targets), ("players", players), ("like", like)):
         if value is not None and (isinstance(value, str) or len(value) != len(prompts)):
             raise ValueError(f"{name} must be a list with one entry per prompt ({len(prompts)}), got "
@@ -162,15 +167,16 @@ def compute_interactions(
             for i, job in enumerate(jobs):
                 bar.set_postfix(prompt=f"{i + 1}/{len(jobs)}", refresh=False)
                 results.append(_compute_one(model, tokenizer, job, masking, baseline, budget, max_target_tokens,
-                                            eps, path, like is not None, settings, name, bar.update))
+                                            eps, path, max_batch_tokens, like is not None, settings, name,
+                                            bar.update))
     finally:
         model.train(was_training)
         bar.close()
     return results
 
 
-def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_target_tokens, eps, path, liked,
-                 settings, name, advance) -> InteractionResult:
+def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_target_tokens, eps, path,
+                 max_batch_tokens, liked, settings, name, advance) -> InteractionResult:
     started = time.perf_counter()
     device = next(model.parameters()).device
     encoded = job.encoded
@@ -189,7 +195,8 @@ def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_tar
         seq.baseline_id = baseline_token_id(tokenizer, baseline, lm_head(model)[0].shape[0])
     prediction = list(range(prompt_length - 1, prompt_length - 1 + len(target_ids)))
     target = torch.tensor(target_ids, dtype=torch.int64, device=device)
-    logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=budget, path=path, advance=advance)
+    logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=budget, path=path,
+                                        max_tokens=max_batch_tokens, advance=advance)
     values = values_from_logprobs(logprobs, eps=eps)
     interactions = ops.mobius(values)
     player_tokens = [tuple(t for t, p in enumerate(owner_list) if p == i) for i in range(len(job.players))]
