@@ -84,6 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--cip-methods", default="kd,gkd", help="methods also run with CIP")
     p.add_argument("--cip", type=float, default=1.0, help="CIP weight of the +cip runs (0: no CIP runs)")
     p.add_argument("--cip-m", type=int, default=3)
+    p.add_argument("--cip-batch-share", type=float, default=0.5, help="share of each batch CIP is computed on")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -94,6 +95,8 @@ def parse_args(argv=None):
     p.add_argument("--n-players", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default=None, help="comma-separated run names to do (default: all)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default, one per core; 1 is much faster on a busy machine)")
     p.add_argument("--work-dir", default=None, help="where runs are kept (default: $KDI_FAST_CACHE/experiment_kd)")
     p.add_argument("--results", default=str(RESULTS), help="where the JSON/CSV/MD/PNG results go")
     args = p.parse_args(argv)
@@ -112,6 +115,8 @@ def main(argv=None) -> int:
     from kdi_fast.models import cache_dir, load_model, load_tokenizer
 
     torch.manual_seed(args.seed)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     work = Path(args.work_dir) if args.work_dir else cache_dir() / ("experiment_kd_quick" if args.quick else
                                                                   "experiment_kd")
     results_dir = Path(args.results)
@@ -124,6 +129,8 @@ def main(argv=None) -> int:
     seen = {e.prompt for e in train}
     held_out = [e for e in load_examples(f"instruct:{args.eval_size + 8}", seed=args.seed + 1000)
                 if e.prompt not in seen][:args.eval_size]
+    # Interactions are computed on the first prompts: put the shortest first (2^n masked forwards each).
+    held_out.sort(key=lambda e: len(tokenizer(e.prompt)["input_ids"]))
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, interaction_prompts=args.interaction_prompts,
                             n_players=args.n_players, max_target_tokens=8, progress=False)
     specs = run_specs([m for m in args.methods.split(",") if m], args.cip_methods.split(","), args.cip)
@@ -136,6 +143,7 @@ def main(argv=None) -> int:
                       args.max_new_tokens, args.seed])
     shared = work / f"_shared-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     cache = {name: e for name in ("teacher", "student_before") if (e := load_model_eval(shared / name))}
+    teacher_logits = {}  # the teacher's logits of the data batches, the same in every run
     rows = []
     for index, spec in enumerate(specs, start=1):
         out = work / spec.name
@@ -144,10 +152,12 @@ def main(argv=None) -> int:
         config = DistillConfig(method=spec.method, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                warmup_steps=max(1, args.steps // 10), max_length=args.max_length,
                                max_new_tokens=args.max_new_tokens, temperature=spec.temperature,
-                               teacher_noise=spec.noise, cip_weight=spec.cip, cip_m=args.cip_m, seed=args.seed,
-                               checkpoint_every=10, validate_every=5)
+                               teacher_noise=spec.noise, cip_weight=spec.cip, cip_m=args.cip_m,
+                               cip_batch_share=args.cip_batch_share, seed=args.seed, checkpoint_every=5,
+                               validate_every=4)
         student = build_student(teacher, args.student, seed=args.seed)
-        run = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:8])
+        run = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[-8:],
+                      teacher_logits_cache=teacher_logits)
         summary_path = out / "eval" / "summary.json"
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text())
@@ -164,12 +174,18 @@ def main(argv=None) -> int:
                      "last_loss": run.last_loss, "sgo_batches": run.sgo_batches, **summary["models"]["student_after"],
                      "_teacher": summary["models"]["teacher"], "_before": summary["models"]["student_before"]})
         del student
+        write_results(rows, train, held_out, args, time.perf_counter() - started, results_dir, tag)
+    return 0
 
-    total = time.perf_counter() - started
+
+def write_results(rows, train, held_out, args, total, results_dir: Path, tag: str) -> None:
+    """The JSON, CSV, Markdown and PNG results of the runs done so far (rewritten after every run)."""
+    import torch
+
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU",
-        "torch": torch.__version__, "total_seconds": round(total, 1), "quick": args.quick,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("results", "work_dir", "only")},
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "total_seconds": round(total, 1), "quick": args.quick,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("results", "work_dir", "only", "threads")},
         "train_examples": len(train), "held_out_examples": len(held_out),
         "teacher": rows[0]["_teacher"] if rows else None, "student_before": rows[0]["_before"] if rows else None,
         "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
@@ -179,9 +195,8 @@ def main(argv=None) -> int:
     _write_csv(report, results_dir / f"{tag}.csv")
     _write_atomic(results_dir / f"{tag}.md", markdown(report))
     plot(report, results_dir, tag)
-    print(markdown(report))
-    print(f"done in {total / 60:.1f} min; results in {results_dir}/{tag}.*")
-    return 0
+    print(markdown(report), flush=True)
+    print(f"{len(rows)} runs in {total / 60:.1f} min; results in {results_dir}/{tag}.*", flush=True)
 
 
 COLUMNS = ("gini", "gini_simple", "gini_complex", "overlap", "overlap_simple", "overlap_complex", "rouge_l",

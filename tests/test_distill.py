@@ -144,6 +144,26 @@ def test_cip_is_added_to_the_loss_on_the_words_of_the_user_text(tokenizer, tmp_p
     assert all(e["cip"] > 0 and e["loss"] == pytest.approx(e["kd"] + e["cip"], rel=1e-5) for e in log)
 
 
+def test_shared_teacher_logits_skip_teacher_forwards_and_change_nothing(tokenizer, tmp_path):
+    config = _config("kd", steps=3, temperature=2.0, teacher_noise=0.5)
+    plain_student = _student()
+    distill(_teacher(), plain_student, tokenizer, EXAMPLES, tmp_path / "plain", config, progress=False)
+    shared: dict = {}
+    distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path / "first", config, progress=False,
+            teacher_logits_cache=shared)
+    from kdi_fast.distill.trainer import _batch_indices
+
+    assert len(shared) == len({tuple(_batch_indices(step, 2, 4, config.seed)[0]) for step in range(3)})
+    teacher, cached_student = _teacher(), _student()
+    calls = []
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    distill(teacher, cached_student, tokenizer, EXAMPLES, tmp_path / "second", config, progress=False,
+            teacher_logits_cache=shared)
+    assert calls == []
+    for key, value in plain_student.state_dict().items():
+        assert torch.equal(value, cached_student.state_dict()[key]), key
+
+
 def test_completed_run_is_not_redone_and_changed_config_is_refused(tokenizer, tmp_path):
     config = _config("kd", steps=2)
     first = distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path, config, progress=False)

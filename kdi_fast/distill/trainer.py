@@ -196,6 +196,15 @@ def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
+def _batch_key(batch: dict) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(batch["input_ids"].cpu().numpy().tobytes())
+    digest.update(batch["attention_mask"].cpu().numpy().tobytes())
+    digest.update(str(tuple(batch["input_ids"].shape)).encode())
+    return digest.hexdigest()
+
+
 def _make_cip(config: DistillConfig, tokenizer):
     """The CIP loss of kdi_fast.losses (players: words of the user's text, split into cip_m random groups)."""
     from ..losses.cip import CIP
@@ -207,13 +216,16 @@ def _make_cip(config: DistillConfig, tokenizer):
 def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: Sequence[Example],
             out_dir: str | Path, config: DistillConfig | None = None, *,
             validation_examples: Sequence[Example] | None = None, seqkd_cache: str | Path | None = None,
-            progress: bool = True, stop_after: int | None = None) -> DistillRun:
+            teacher_logits_cache: dict | None = None, progress: bool = True,
+            stop_after: int | None = None) -> DistillRun:
     """Distil `teacher` into `student` (trained in place) on `train_examples`, writing to `out_dir`.
 
     Resumes from out_dir/checkpoint.pt when it exists (the configuration must match: ValueError otherwise);
     returns at once when run.json says the same run already completed. validation_examples feed DistiLLM's
-    SGO schedule (default: the first 16 training examples). stop_after: raise RunInterrupted after that many
-    steps of this call (for tests of resumption).
+    SGO schedule (default: the first 16 training examples). teacher_logits_cache: a dict that keeps the
+    teacher's logits of batches drawn from the data, shared by runs that see the same batches (same data,
+    seed and batch size: an experiment's off-policy runs); it trades memory for the teacher's forwards and
+    changes no result. stop_after: raise RunInterrupted after that many steps of this call (for tests).
     """
     config = config or DistillConfig()
     method = get_method(config.method)
@@ -305,15 +317,22 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
             "sgo_schedule": schedule.state_dict(), "replay_buffer": buffer.state_dict(),
             "seconds": elapsed, "sgo_batches": sgo_batches})
 
-    def loss_on(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_logits_of(batch: dict, cacheable: bool) -> torch.Tensor:
+        if teacher_logits_cache is None or not cacheable:
+            with torch.no_grad():
+                return _logits(teacher, batch)
+        key = _batch_key(batch)
+        if key not in teacher_logits_cache:
+            with torch.no_grad():
+                teacher_logits_cache[key] = _logits(teacher, batch)
+        return teacher_logits_cache[key]
+
+    def loss_on(batch: dict, cacheable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The method's loss on a batch, and the student's logits (CIP reuses them for the full input)."""
         from ..losses import kd_loss
 
         student_logits = _logits(student, batch)
-        teacher_logits = None
-        if method.uses_teacher_logits:
-            with torch.no_grad():
-                teacher_logits = _logits(teacher, batch)
+        teacher_logits = teacher_logits_of(batch, cacheable) if method.uses_teacher_logits else None
         loss = kd_loss(student_logits, teacher_logits, batch["labels"], shift_labels=True,
                        generator=noise_generator, **config.loss_options()).mean()
         return loss, student_logits
@@ -355,7 +374,7 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
                         buffer.add(items)
                 sgo_batches += 1
             batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-            kd_term, student_logits = loss_on(batch)
+            kd_term, student_logits = loss_on(batch, cacheable=source == "data")
             loss = kd_term
             cip_term = None
             if cip is not None:
