@@ -166,9 +166,13 @@ def test_shared_teacher_logits_skip_teacher_forwards_and_change_nothing(tokenize
 
 def test_completed_run_is_not_redone_and_changed_config_is_refused(tokenizer, tmp_path):
     config = _config("kd", steps=2)
-    first = distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path, config, progress=False)
-    again = distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path, config, progress=False)
+    trained = _student()
+    first = distill(_teacher(), trained, tokenizer, EXAMPLES, tmp_path, config, progress=False)
+    untrained = _student()
+    again = distill(_teacher(), untrained, tokenizer, EXAMPLES, tmp_path, config, progress=False)
     assert again == first
+    for key, value in trained.state_dict().items():  # the caller's student now holds the trained weights
+        assert torch.equal(value, untrained.state_dict()[key]), key
     with pytest.raises(ValueError, match="different configuration.*lr"):
         distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path, _config("kd", steps=2, lr=1e-3),
                 progress=False)

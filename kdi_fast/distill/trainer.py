@@ -167,6 +167,11 @@ def _atomic_save_pretrained(model: nn.Module, tokenizer, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _load_weights(model: nn.Module, folder: Path) -> None:
+    trained = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(trained.state_dict())
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -248,6 +253,7 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
             raise ValueError(f"{out} holds a run with a different configuration ({', '.join(changed)} differ): "
                              f"resume it with the same options, or choose another --out directory")
         if previous.get("result") is not None and (out / "student").is_dir():
+            _load_weights(student, out / "student")  # the caller gets the trained student, as after a run
             return DistillRun(**previous["result"])
 
     device = next(student.parameters()).device
