@@ -138,7 +138,7 @@ def test_save_load_roundtrip_is_atomic(llama64, smollm_tokenizer, tmp_path, monk
     path = result.save(tmp_path / "sub" / "r.safetensors")
     loaded = InteractionResult.load(path)
     for name in ("prompt", "words", "players", "player_texts", "target_text", "target_ids", "model_name",
-                 "settings", "player_tokens", "input_ids", "stats"):
+                 "settings", "player_tokens", "input_ids", "stats", "max_order"):
         assert getattr(loaded, name) == getattr(result, name), name
     assert torch.equal(loaded.values, result.values) and torch.equal(loaded.interactions, result.interactions)
     assert os.listdir(path.parent) == ["r.safetensors"]
@@ -191,6 +191,30 @@ def test_too_many_players(llama64, smollm_tokenizer):
     prompt = " ".join(f"word{i}" for i in range(20))
     with pytest.raises(ValueError, match=r"2\^17 = 131,072 masked forwards per prompt.*Group words"):
         compute_interactions(llama64, smollm_tokenizer, [prompt], targets=["x"], n_players=17, progress=False)
+
+
+def test_max_order_opt_in_allows_more_players(llama64, smollm_tokenizer):
+    import kdi_fast
+
+    prompt = " ".join(f"w{i}" for i in range(18))
+    dense = compute_interactions(llama64, smollm_tokenizer, [PROMPT], targets=[" Yes"], players=[[0, 1, 3, 5, 6]],
+                                 progress=False)[0]
+    small = compute_interactions(llama64, smollm_tokenizer, [PROMPT], targets=[" Yes"], players=[[0, 1, 3, 5, 6]],
+                                 max_order=2, progress=False)[0]
+    layout = kdi_fast.subsets(5, 2)
+    assert small.max_order == 2 and torch.equal(small.masks, layout)
+    torch.testing.assert_close(small.values, dense.values[layout], rtol=0, atol=1e-12)
+    torch.testing.assert_close(small.interactions, dense.interactions[layout], rtol=0, atol=1e-12)
+    assert small.matching_error() < 1e-12
+    strongest = small.top(1)[0]
+    position = int(small.interactions[1:].abs().argmax()) + 1
+    assert strongest == (small.subset_texts(int(layout[position])), float(small.interactions[position]))
+    big = compute_interactions(llama64, smollm_tokenizer, [prompt], targets=[" Yes"], n_players=18, max_order=2,
+                               progress=False)[0]
+    assert big.n == 18 and big.values.shape == (1 + 18 + 153,) and big.matching_error() < 1e-12
+    with pytest.raises(ValueError, match="40 players with max_order=4 need 102,091 masked forwards.*lower max_order"):
+        compute_interactions(llama64, smollm_tokenizer, [" ".join(["w"] * 40)], targets=["x"], n_players=40,
+                             max_order=4, progress=False)
 
 
 def test_empty_target(llama64, smollm_tokenizer):

@@ -193,3 +193,19 @@ def test_a_layer_that_bypasses_the_attention_interface_is_detected(tiny_lm):
         got, stats = all_mask_logprobs(model, seq, target, prediction, budget=1 << 30)
     assert stats.path == "flat"
     torch.testing.assert_close(got, _naive(model, seq, target, prediction), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("path, max_tokens", [("prefix_tree", 1), ("prefix_tree", 4096), ("flat", 4096)])
+def test_max_order_evaluates_only_the_small_subsets(tiny_lm, path, max_tokens):
+    import kdi_fast
+
+    model = _model(tiny_lm, "qwen2", seed=9)
+    owner = [-1, 3, 0, -1, 4, 1, -1, 2, -1, -1, -1] + [-1] * 2
+    seq, target, prediction = _sequence(model, owner, "embedding", prompt_len=11, seed=9)
+    got, stats = all_mask_logprobs(model, seq, target, prediction, budget=1 << 30, path=path,
+                                   max_tokens=max_tokens, max_order=2)
+    layout = kdi_fast.subsets(5, 2)
+    assert got.shape == (layout.shape[0], 3) and stats.path == path
+    torch.testing.assert_close(got, _naive(model, seq, target, prediction)[layout], rtol=0, atol=1e-10)
+    if path == "prefix_tree":
+        assert stats.token_forwards < layout.shape[0] * len(seq)

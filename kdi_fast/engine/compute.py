@@ -85,6 +85,7 @@ def compute_interactions(
     eps: float = DEFAULT_EPS,
     path: str = "auto",
     max_batch_tokens: int | None = None,
+    max_order: int | None = None,
 ) -> list[InteractionResult]:
     """The interactions of `model` on each prompt: v(x_T) for all 2^n masked inputs and I_S = mobius(v).
 
@@ -98,6 +99,9 @@ def compute_interactions(
     eps: the clamp of p in v = log(p / (1 - p)). path: "auto" | "prefix_tree" | "flat" (see scheduler).
     max_batch_tokens: at most this many token positions per decoder forward (default 4096 on CPU, 65536 on GPU;
     the memory budget may lower it).
+    max_order: opt-in: evaluate only the masks of at most max_order players (the subsets kdi_fast.subsets(n, k));
+    the interactions of those subsets are still exact (I_S needs v on the subsets of S only). Allows more than
+    16 players (at most 65,536 masks). The result then holds the compact layout (result.masks).
     """
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise TypeError("prompts must be a list of strings (wrap a single prompt in a list)")
@@ -107,6 +111,8 @@ def compute_interactions(
     budget = parse_memory(memory_budget)
     if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
         raise ValueError(f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}")
+    if max_order is not None and (not isinstance(max_order, int) or isinstance(max_order, bool) or max_order < 1):
+        raise ValueError(f"max_order must be a positive int or None, got {max_order!r}")
     for name, value in (("targets", targets), ("players", players), ("like", like)):
         if value is not None and (isinstance(value, str) or len(value) != len(prompts)):
             raise ValueError(f"{name} must be a list with one entry per prompt ({len(prompts)}), got "
@@ -116,7 +122,7 @@ def compute_interactions(
         if targets is not None or players is not None:
             raise ValueError("like= fixes the targets and players (those of the given results); do not pass "
                              "targets or players with it")
-        _check_like(like, prompts, fingerprint, masking, baseline, chat_template)
+        _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order)
     vocab = lm_head(model)[0].shape[0]
     if masking == "embedding":
         input_embeddings(model)
@@ -136,7 +142,8 @@ def compute_interactions(
                 spec = players[i] if players is not None else None
                 target_ids = tokenize_target(tokenizer, targets[i]) if targets is not None and targets[i] is not None \
                     else None
-            chosen = resolve_players(encoded, spec, n_players, keep_last_token=masking == "attention")
+            chosen = resolve_players(encoded, spec, n_players, keep_last_token=masking == "attention",
+                                     max_order=max_order)
             length = len(encoded.input_ids) + (len(target_ids) if target_ids is not None else max_target_tokens) - 1
             if limit is not None and length > limit:
                 raise ValueError(f"the prompt ({len(encoded.input_ids)} tokens) and its target together need {length} "
@@ -151,13 +158,14 @@ def compute_interactions(
         budget = default_memory_budget(device)
     settings = {"masking": masking, "baseline": baseline if masking != "attention" else None,
                 "chat_template": bool(chat_template), "n_players": n_players, "max_target_tokens": max_target_tokens,
-                "eps": eps, "tokenizer": fingerprint,
+                "eps": eps, "tokenizer": fingerprint, "max_order": max_order,
                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     name = model_name(model)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(1 << len(job.players) for job in jobs), unit="mask", desc="interactions",
+    bar = tqdm(total=sum(ops.num_subsets(len(job.players), _order(job, max_order)) for job in jobs), unit="mask",
+               desc="interactions",
                disable=not progress, dynamic_ncols=True)
     was_training = model.training
     model.eval()
@@ -167,16 +175,21 @@ def compute_interactions(
             for i, job in enumerate(jobs):
                 bar.set_postfix(prompt=f"{i + 1}/{len(jobs)}", refresh=False)
                 results.append(_compute_one(model, tokenizer, job, masking, baseline, budget, max_target_tokens,
-                                            eps, path, max_batch_tokens, like is not None, settings, name,
-                                            bar.update))
+                                            eps, path, max_batch_tokens, _order(job, max_order), like is not None,
+                                            settings, name, bar.update))
     finally:
         model.train(was_training)
         bar.close()
     return results
 
 
+def _order(job: _Job, max_order: int | None) -> int | None:
+    """max_order, or None when it keeps every subset of this prompt's players."""
+    return None if max_order is None or max_order >= len(job.players) else max_order
+
+
 def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_target_tokens, eps, path,
-                 max_batch_tokens, liked, settings, name, advance) -> InteractionResult:
+                 max_batch_tokens, max_order, liked, settings, name, advance) -> InteractionResult:
     started = time.perf_counter()
     device = next(model.parameters()).device
     encoded = job.encoded
@@ -196,9 +209,9 @@ def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_tar
     prediction = list(range(prompt_length - 1, prompt_length - 1 + len(target_ids)))
     target = torch.tensor(target_ids, dtype=torch.int64, device=device)
     logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=budget, path=path,
-                                        max_tokens=max_batch_tokens, advance=advance)
+                                        max_tokens=max_batch_tokens, max_order=max_order, advance=advance)
     values = values_from_logprobs(logprobs, eps=eps)
-    interactions = ops.mobius(values)
+    interactions = ops.mobius(values, max_order=max_order)
     player_tokens = [tuple(t for t, p in enumerate(owner_list) if p == i) for i in range(len(job.players))]
     return InteractionResult(
         prompt=encoded.prompt, words=list(encoded.words), players=job.players,
@@ -206,12 +219,13 @@ def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_tar
         target_ids=list(target_ids), values=values, interactions=interactions, model_name=name,
         settings={**settings, "target": source}, player_tokens=player_tokens, input_ids=list(encoded.input_ids),
         stats={"path": stats.path, "forwards": stats.forwards, "token_forwards": stats.token_forwards,
-               "naive_token_forwards": (1 << len(job.players)) * len(ids),
+               "naive_token_forwards": values.shape[0] * len(ids),
                "rows_per_forward": stats.rows_per_forward, "seconds": time.perf_counter() - started,
-               "memory_budget": budget, **({"fallback": stats.fallback_reason} if stats.fallback_reason else {})})
+               "memory_budget": budget, **({"fallback": stats.fallback_reason} if stats.fallback_reason else {})},
+        max_order=max_order)
 
 
-def _check_like(like, prompts, fingerprint, masking, baseline, chat_template) -> None:
+def _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order) -> None:
     for i, (result, prompt) in enumerate(zip(like, prompts)):
         if not isinstance(result, InteractionResult):
             raise TypeError(f"like[{i}] must be an InteractionResult, got {type(result).__name__}")
@@ -224,9 +238,9 @@ def _check_like(like, prompts, fingerprint, masking, baseline, chat_template) ->
                              f"{fingerprint}): a teacher and a student compared mask by mask must share the "
                              f"tokenizer, so that y* and the players are the same tokens")
         wanted = {"masking": masking, "baseline": baseline if masking != "attention" else None,
-                  "chat_template": bool(chat_template)}
+                  "chat_template": bool(chat_template), "max_order": max_order}
         diffs = [f"{k}={result.settings.get(k)!r} there, {v!r} here" for k, v in wanted.items()
                  if result.settings.get(k) != v]
         if diffs:
             raise ValueError(f"like[{i}] was computed with other settings ({'; '.join(diffs)}); pass the same "
-                             f"masking, baseline and chat_template so that the masks are the same")
+                             f"masking, baseline, chat_template and max_order so that the masks are the same")

@@ -20,12 +20,15 @@ of a mask is player i, in the order given. Automatic (players=None) with n wante
 from __future__ import annotations
 
 import bisect
+import math
 import numbers
 import re
 from dataclasses import dataclass
 
 MAX_PLAYERS = 16
-"""Largest number of players for exact extraction (2^16 = 65,536 masked forwards per prompt)."""
+"""Largest number of players for exact extraction of every interaction (2^16 = 65,536 masked forwards)."""
+MAX_MASKS = 1 << MAX_PLAYERS
+"""Largest number of masked forwards per prompt (also with max_order, which evaluates fewer masks)."""
 
 _WORD = re.compile(r"\w+(?:['\u2019\-]\w+)*|[^\w\s]+")
 
@@ -163,12 +166,13 @@ def choose_players(encoded: EncodedPrompt, n: int, *, keep_last_token: bool = Fa
     return [(w,) for w in sorted(chosen)]
 
 
-def resolve_players(encoded: EncodedPrompt, spec, n_players: int, *,
-                    keep_last_token: bool = False) -> list[tuple[int, ...]]:
+def resolve_players(encoded: EncodedPrompt, spec, n_players: int, *, keep_last_token: bool = False,
+                    max_order: int | None = None) -> list[tuple[int, ...]]:
     """Validate explicit players (word indices or groups of them), or choose them automatically (spec=None).
 
     Raises ValueError for an index out of range, a word used twice, an empty group, a word without tokens,
-    more than MAX_PLAYERS players, and (keep_last_token) a player holding the last prompt token.
+    more than MAX_MASKS masks to evaluate (more than MAX_PLAYERS players, unless max_order=k keeps only the
+    subsets of at most k players), and (keep_last_token) a player holding the last prompt token.
     """
     if spec is None:
         players = choose_players(encoded, n_players, keep_last_token=keep_last_token)
@@ -202,12 +206,20 @@ def resolve_players(encoded: EncodedPrompt, spec, n_players: int, *,
             if not encoded.tokens_of_word(w):
                 raise ValueError(f"word {w} ({encoded.words[w]!r}) has no tokens in the tokenized prompt (the "
                                  f"tokenizer drops it), so masking it changes nothing; choose other words")
-    if len(players) > MAX_PLAYERS:
-        n = len(players)
-        raise ValueError(
-            f"{n} players need 2^{n} = {1 << n:,} masked forwards per prompt; exact extraction supports at most "
-            f"{MAX_PLAYERS} players. Group words into at most {MAX_PLAYERS} players (players=[[0, 1], [2, 3], ...]) "
-            f"or choose fewer (n_players)")
+    n = len(players)
+    if max_order is None or max_order >= n:
+        if n > MAX_PLAYERS:
+            raise ValueError(
+                f"{n} players need 2^{n} = {1 << n:,} masked forwards per prompt; exact extraction supports at most "
+                f"{MAX_PLAYERS} players. Group words into at most {MAX_PLAYERS} players (players=[[0, 1], [2, 3], "
+                f"...]), choose fewer (n_players), or pass max_order=k to evaluate only the subsets of at most k "
+                f"players")
+    else:
+        masks = sum(math.comb(n, j) for j in range(max_order + 1))
+        if n > 62 or masks > MAX_MASKS:
+            raise ValueError(
+                f"{n} players with max_order={max_order} need {masks:,} masked forwards per prompt, more than "
+                f"{MAX_MASKS:,}; lower max_order, or group words into fewer players")
     if keep_last_token and encoded.word_of_token[-1] in seen:
         w = encoded.word_of_token[-1]
         raise ValueError(f"with masking='attention' the last prompt token predicts the first target token and cannot "

@@ -40,10 +40,9 @@ class Unsupported(RuntimeError):
 
 @dataclass
 class LevelKeys:
-    """The keys/values of one level's segment (`length` tokens) for the rows [first_row, first_row + rows)."""
+    """The keys/values of one level's segment (`length` tokens) for the tree nodes `nodes` (sorted ids)."""
 
-    first_row: int
-    rows: int
+    nodes: Tensor
     length: int
     keys: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> (K, V) [rows, h_kv, len, d]
     key_mask: Tensor | None = None  # [rows, len] bool (attention masking) or None
@@ -61,21 +60,21 @@ class TreeState:
     _mask: Tensor | None = None
     _store: LevelKeys | None = None
 
-    def begin(self, level: int, first_row: int, rows: int, length: int, key_mask: Tensor | None,
-              store: bool, device: torch.device) -> None:
-        """Prepare a forward of `rows` rows at `level` (rows first_row..) over a segment of `length` tokens;
+    def begin(self, level: int, nodes: Tensor, length: int, key_mask: Tensor | None, store: bool) -> None:
+        """Prepare a forward of the tree nodes `nodes` (sorted ids at `level`) over a segment of `length` tokens;
         key_mask [rows, length] bool marks the segment's tokens others may attend to (None: all)."""
         for stale in [j for j in self.history if j >= level]:
             del self.history[stale]
         self.level, self.calls = level, 0
-        row_ids = torch.arange(first_row, first_row + rows, device=device)
+        rows, device = nodes.shape[0], nodes.device
         self._ancestors = []
         history_masks = []  # per stored level: [rows, len_j] bool, or None when every key is visible
         for j in sorted(self.history):
             stored = self.history[j]
-            index = (row_ids >> (level - j)) - stored.first_row
-            if int(index.min()) < 0 or int(index.max()) >= stored.rows:
-                raise RuntimeError("prefix tree: a row's ancestor is not stored (scheduler bug)")
+            ancestors = nodes >> (level - j)
+            index = torch.searchsorted(stored.nodes, ancestors).clamp(max=stored.nodes.shape[0] - 1)
+            if not bool((stored.nodes[index] == ancestors).all()):
+                raise RuntimeError("prefix tree: a node's ancestor is not stored (scheduler bug)")
             shared = bool((index == index[0]).all())
             self._ancestors.append((stored, int(index[0]) if shared else index))
             history_masks.append(None if stored.key_mask is None else stored.key_mask.index_select(0, index))
@@ -93,7 +92,7 @@ class TreeState:
                 own = own & key_mask[:, None, :]
             own = own | torch.eye(length, dtype=torch.bool, device=device)  # a removed token still sees itself
             self._mask = torch.cat([history[:, None, :].expand(rows, length, -1), own], 2)[:, None]
-        self._store = LevelKeys(first_row, rows, length, key_mask=key_mask) if store else None
+        self._store = LevelKeys(nodes, length, key_mask=key_mask) if store else None
 
     def end(self, num_layers: int) -> None:
         """Check that every layer ran the prefix-tree attention, and keep this level's keys if asked."""

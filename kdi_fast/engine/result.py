@@ -20,14 +20,15 @@ from .. import ops
 
 _FORMAT = "kdi_fast.InteractionResult/1"
 _JSON_FIELDS = ("prompt", "words", "players", "player_texts", "target_text", "model_name", "settings",
-                "player_tokens", "input_ids", "stats")
+                "player_tokens", "input_ids", "stats", "max_order")
 
 
 @dataclass
 class InteractionResult:
     """Interactions of one prompt. Subsets are bit masks: bit i set = player i present.
 
-    values [2^n] float64: v(x_T) for every T; interactions [2^n] float64: I_S (I_empty = v(x_empty)).
+    values [2^n] float64: v(x_T) for every T; interactions [2^n] float64: I_S (I_empty = v(x_empty)). With
+    max_order=k (opt-in), only the subsets of at most k players, in the order of `masks` (kdi_fast.subsets).
     players: the word indices of each player; player_texts: their text; words: all words of the prompt.
     target_ids / target_text: y*. settings: how it was computed (masking, baseline, ...). player_tokens: the
     positions of each player's tokens in input_ids (the model input without the target). stats: cost figures.
@@ -46,21 +47,31 @@ class InteractionResult:
     player_tokens: list[tuple[int, ...]] = field(default_factory=list)
     input_ids: list[int] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    max_order: int | None = None
 
     def __post_init__(self) -> None:
         self.players = [tuple(int(w) for w in p) for p in self.players]
         self.player_tokens = [tuple(int(t) for t in p) for p in self.player_tokens]
-        size = 1 << len(self.players)
+        if self.max_order is not None and self.max_order >= len(self.players):
+            self.max_order = None
+        size = ops.num_subsets(len(self.players), self.max_order)
+        layout = "2^n" if self.max_order is None else f"sum_(j<={self.max_order}) C(n, j)"
         for name in ("values", "interactions"):
             tensor = getattr(self, name)
             if not isinstance(tensor, Tensor) or tensor.shape != (size,):
-                raise ValueError(f"{name} must be a tensor of 2^n = {size} values for n = {len(self.players)} "
+                raise ValueError(f"{name} must be a tensor of {layout} = {size} values for n = {len(self.players)} "
                                  f"players, got {getattr(tensor, 'shape', type(tensor).__name__)}")
 
     @property
     def n(self) -> int:
         """The number of players."""
         return len(self.players)
+
+    @property
+    def masks(self) -> Tensor:
+        """The bit mask of the subset at each position of values/interactions: arange(2^n), or (max_order=k)
+        kdi_fast.subsets(n, k), the subsets of at most k players."""
+        return ops.subsets(self.n, self.max_order)
 
     def subset_texts(self, mask: int) -> tuple[str, ...]:
         """The player texts of the subset with bit mask `mask`."""
@@ -70,14 +81,15 @@ class InteractionResult:
         """The k strongest interactions by |I_S| over non-empty S: (player texts of S, I_S), strongest first."""
         if not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
-        strength = self.interactions[1:].abs()
+        strength = self.interactions[1:].abs()  # position 0 is the empty set in both layouts
         k = min(k, strength.numel())
         order = torch.topk(strength, k, sorted=True).indices + 1 if k else torch.zeros(0, dtype=torch.long)
-        return [(self.subset_texts(int(s)), float(self.interactions[s])) for s in order]
+        masks = self.masks
+        return [(self.subset_texts(int(masks[s])), float(self.interactions[s])) for s in order]
 
     def matching_error(self) -> float:
         """max over T of |v(x_T) - sum_{S subset of T} I_S| (universal matching; ~1e-12 in float64)."""
-        rebuilt = ops.zeta(self.interactions.double())
+        rebuilt = ops.zeta(self.interactions.double(), max_order=self.max_order)
         return float((self.values.double() - rebuilt).abs().max())
 
     def save(self, path: str | os.PathLike) -> Path:

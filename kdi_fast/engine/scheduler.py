@@ -10,8 +10,10 @@ depth-first: a batch of nodes at level k, then its children in batches at level 
 stored keys are only those of the current path and the batch sizes stay within the memory budget. The LM head
 runs on the L target-predicting positions of the tail only.
 
-Row numbering: a node at level k is a k-bit number whose most significant bit is the first player; its children
-are 2r and 2r + 1 (the new player absent, present). Results are returned by mask in the caller's player order.
+Node numbering: a node at level k is a k-bit number whose most significant bit is the first player; its children
+are 2r and 2r + 1 (the new player absent, present). With max_order=K only the nodes with at most K players
+present exist (a node with K present has one child), so only the masks of at most K players are evaluated.
+Results come in the layout of kdi_fast.subsets(n, max_order), by mask in the caller's player order.
 
 The flat path (models whose attention cannot be plugged in): every masked input in full, in batches, with the
 model's own attention; the LM head still only at the target positions.
@@ -28,6 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from .forward import decoder, head_logprobs, lm_head
 from .masking import MaskedSequence
 from .prefix_attention import ATTENTION_NAME, STATE_KWARG, TreeState, Unsupported, register
@@ -93,12 +96,15 @@ class ModelDims:
 @dataclass
 class TreePlan:
     """bounds: segment k is tokens [bounds[k], bounds[k+1]) (k = 0..n); order[i]: the caller's index of the i-th
-    player by position; rows[k]: nodes per forward at level k; prediction: positions predicting y*."""
+    player by position; rows[k]: nodes per forward at level k; counts[k]: nodes at level k; prediction: the
+    positions predicting y*; max_order: None (every mask) or K."""
 
     bounds: list[int]
     order: list[int]
     rows: list[int]
+    counts: list[int]
     prediction: list[int]
+    max_order: int | None
     estimated_bytes: int
 
     @property
@@ -107,7 +113,7 @@ class TreePlan:
 
     def token_forwards(self) -> int:
         """Token positions the decoder runs over, in total."""
-        return sum((1 << k) * (self.bounds[k + 1] - self.bounds[k]) for k in range(self.n + 1))
+        return sum(self.counts[k] * (self.bounds[k + 1] - self.bounds[k]) for k in range(self.n + 1))
 
 
 def _pow2_floor(x: float) -> int:
@@ -128,19 +134,33 @@ def segment_bounds(owner: Tensor, n: int) -> tuple[list[int], list[int]]:
     return [0] + [first[p] for p in order] + [len(owner_list)], order
 
 
+def dense_order(n: int, max_order: int | None) -> int | None:
+    """max_order, or None when it keeps every subset (K >= n)."""
+    return None if max_order is None or max_order >= n else max_order
+
+
+def level_counts(n: int, max_order: int | None) -> list[int]:
+    """Nodes at each level 0..n: 2^k, or sum_{j <= K} C(k, j)."""
+    if max_order is None:
+        return [1 << k for k in range(n + 1)]
+    return [sum(math.comb(k, j) for j in range(min(k, max_order) + 1)) for k in range(n + 1)]
+
+
 def plan_tree(seq: MaskedSequence, prediction: list[int], dims: ModelDims, budget: int,
-              max_tokens: int) -> TreePlan:
-    """The largest batches (a power of two of nodes per level) whose estimated peak memory fits the budget."""
+              max_tokens: int, max_order: int | None = None) -> TreePlan:
+    """The largest batches (nodes per forward at each level) whose estimated peak memory fits the budget."""
     n = seq.n
+    max_order = dense_order(n, max_order)
     bounds, order = segment_bounds(seq.owner, n)
     lengths = [bounds[k + 1] - bounds[k] for k in range(n + 1)]
+    counts = level_counts(n, max_order)
     head = dims.head_chunk(budget) * dims.vocab * 4 * 3
 
     def rows_for(cap: int) -> list[int]:
         rows = []
         for k in range(n + 1):
             limit = _pow2_floor(cap / max(lengths[k], 1))
-            rows.append(max(1, min(1 << k, limit, 2 * rows[-1] if rows else 1)))
+            rows.append(max(1, min(counts[k], limit, 2 * rows[-1] if rows else 1)))
         return rows
 
     def peak(rows: list[int]) -> int:
@@ -160,7 +180,24 @@ def plan_tree(seq: MaskedSequence, prediction: list[int], dims: ModelDims, budge
     if need > budget:
         raise ValueError(f"memory_budget={budget:,} bytes is too small for this prompt: even one masked input at a "
                          f"time needs about {need:,} bytes; raise memory_budget")
-    return TreePlan(bounds, order, rows, prediction, need)
+    return TreePlan(bounds, order, rows, counts, prediction, max_order, need)
+
+
+def _popcount(x: Tensor, bits: int) -> Tensor:
+    count = torch.zeros_like(x)
+    for i in range(bits):
+        count += (x >> i) & 1
+    return count
+
+
+def children(nodes: Tensor, level: int, max_order: int | None) -> Tensor:
+    """The sorted children (level + 1) of sorted `nodes` at `level`: 2r, and 2r + 1 unless r has K players."""
+    pairs = torch.stack([2 * nodes, 2 * nodes + 1], 1)
+    if max_order is None:
+        return pairs.reshape(-1)
+    keep = torch.ones_like(pairs, dtype=torch.bool)
+    keep[:, 1] = _popcount(nodes, level) < max_order
+    return pairs[keep]
 
 
 def masks_of_rows(rows: Tensor, level: int, order: list[int]) -> Tensor:
@@ -171,6 +208,15 @@ def masks_of_rows(rows: Tensor, level: int, order: list[int]) -> Tensor:
     return masks
 
 
+def layout_positions(masks: Tensor, n: int, max_order: int | None) -> Tensor:
+    """Where each mask sits in the layout of kdi_fast.subsets(n, max_order)."""
+    if max_order is None:
+        return masks
+    layout = ops.subsets(n, max_order).to(masks.device)
+    ordered, where = layout.sort()
+    return where[torch.searchsorted(ordered, masks)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------------------------
@@ -178,7 +224,7 @@ def masks_of_rows(rows: Tensor, level: int, order: list[int]) -> Tensor:
 
 @dataclass
 class RunStats:
-    """What a run did: path ("prefix_tree" or "flat"), forwards, token positions, rows per level."""
+    """What a run did: path ("prefix_tree" or "flat"), forwards, token positions, nodes per forward by level."""
 
     path: str = ""
     forwards: int = 0
@@ -202,23 +248,23 @@ def prefix_tree_attention(model: nn.Module):
 
 def run_tree(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, plan: TreePlan, dims: ModelDims,
              head_chunk: int, advance: Callable[[int], None] = lambda k: None) -> tuple[Tensor, RunStats]:
-    """log p(y*_l | x_T) [2^n, L] by mask (caller's player order), through the prefix tree."""
+    """log p(y*_l | x_T) [M, L] in the layout of subsets(n, max_order), through the prefix tree."""
     n, device = plan.n, seq.input_ids.device
-    out = torch.empty(1 << n, target_ids.shape[0], dtype=torch.float64 if dims.element == 8 else torch.float32)
+    out = torch.empty(plan.counts[n], target_ids.shape[0],
+                      dtype=torch.float64 if dims.element == 8 else torch.float32)
     state = TreeState(total_length=len(seq))
     stats = RunStats(path="prefix_tree", rows_per_forward=list(plan.rows))
     base = decoder(model)
     tail_prediction = torch.tensor(plan.prediction, device=device) - plan.bounds[n]
 
-    def forward(level: int, first_row: int, rows: int) -> None:
+    def forward(level: int, nodes: Tensor) -> None:
         start, stop = plan.bounds[level], plan.bounds[level + 1]
         if stop == start:  # an empty prefix (a player at position 0)
             return
-        node_ids = torch.arange(first_row, first_row + rows, device=device)
-        masks = masks_of_rows(node_ids, level, plan.order)
+        rows = nodes.shape[0]
+        masks = masks_of_rows(nodes, level, plan.order)
         inputs = seq.inputs(start, stop, masks)
-        state.begin(level, first_row, rows, stop - start, seq.key_mask(start, stop, masks), store=level < n,
-                    device=device)
+        state.begin(level, nodes, stop - start, seq.key_mask(start, stop, masks), store=level < n)
         positions = torch.arange(start, stop, device=device)[None].expand(rows, -1)
         hidden = base(**inputs, position_ids=positions, use_cache=False, **{STATE_KWARG: state}).last_hidden_state
         state.end(dims.layers)
@@ -227,28 +273,29 @@ def run_tree(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, plan: Tr
         if level == n:
             logprobs = head_logprobs(model, hidden.index_select(1, tail_prediction), target_ids,
                                      chunk_size=head_chunk)
-            out[masks.cpu()] = logprobs.to(out.dtype).cpu()
+            out[layout_positions(masks, n, plan.max_order).cpu()] = logprobs.to(out.dtype).cpu()
             advance(rows)
 
-    def visit(level: int, first_row: int, rows: int) -> None:
-        forward(level, first_row, rows)
+    def visit(level: int, nodes: Tensor) -> None:
+        forward(level, nodes)
         if level < n:
-            child_rows = plan.rows[level + 1]
-            for child in range(2 * first_row, 2 * (first_row + rows), child_rows):
-                visit(level + 1, child, child_rows)
+            below = children(nodes, level, plan.max_order)
+            step = plan.rows[level + 1]
+            for i in range(0, below.shape[0], step):
+                visit(level + 1, below[i:i + step])
 
     with prefix_tree_attention(model):
-        visit(0, 0, 1)
+        visit(0, torch.zeros(1, dtype=torch.int64, device=device))
     return out, stats
 
 
-def plan_flat(seq: MaskedSequence, dims: ModelDims, budget: int, max_tokens: int) -> int:
+def plan_flat(seq: MaskedSequence, dims: ModelDims, budget: int, max_tokens: int, masks: int) -> int:
     """Masked inputs per forward of the flat path."""
     length = len(seq)
     per_mask = dims.forward_bytes(1, length, length)
     head = dims.head_chunk(budget) * dims.vocab * 4 * 3
     rows = max(1, min((budget - head) // per_mask if budget > head else 1, max_tokens // max(length, 1)))
-    return int(min(rows, 1 << seq.n))
+    return int(min(rows, masks))
 
 
 def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, prediction: list[int], masks: Tensor,
@@ -274,14 +321,16 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
 
 
 def all_mask_logprobs(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, prediction: list[int], *,
-                      budget: int, path: str = "auto", max_tokens: int | None = None,
+                      budget: int, path: str = "auto", max_tokens: int | None = None, max_order: int | None = None,
                       advance: Callable[[int], None] = lambda k: None) -> tuple[Tensor, RunStats]:
-    """log p(y*_l | x_T, y*_<l) [2^n, L] for every mask T (index = bit mask in the caller's player order).
+    """log p(y*_l | x_T, y*_<l) [M, L] for every mask T of kdi_fast.subsets(n, max_order) (every mask by default:
+    then row T is the mask T, bits in the caller's player order).
 
     path: "auto" (the prefix tree, or the flat path for models it cannot serve), "prefix_tree" or "flat".
     """
     if path not in ("auto", "prefix_tree", "flat"):
         raise ValueError(f"path must be 'auto', 'prefix_tree' or 'flat', got {path!r}")
+    max_order = dense_order(seq.n, max_order)
     dims = ModelDims.of(model)
     device = seq.input_ids.device
     if max_tokens is None:
@@ -289,7 +338,7 @@ def all_mask_logprobs(model: nn.Module, seq: MaskedSequence, target_ids: Tensor,
     head_chunk = dims.head_chunk(budget)
     reason = ""
     if path in ("auto", "prefix_tree"):
-        plan = plan_tree(seq, prediction, dims, budget, max_tokens)
+        plan = plan_tree(seq, prediction, dims, budget, max_tokens, max_order)
         done = 0
 
         def counted(k: int) -> None:
@@ -306,7 +355,8 @@ def all_mask_logprobs(model: nn.Module, seq: MaskedSequence, target_ids: Tensor,
             warnings.warn(f"kdi_fast: {type(model).__name__} cannot use the prefix-tree attention ({reason}); "
                           f"computing every masked input in full instead (slower)", stacklevel=3)
             advance(-done)
-    rows = plan_flat(seq, dims, budget, max_tokens)
-    out, stats = run_flat(model, seq, target_ids, prediction, torch.arange(1 << seq.n), rows, head_chunk, advance)
+    masks = ops.subsets(seq.n, max_order)
+    rows = plan_flat(seq, dims, budget, max_tokens, masks.shape[0])
+    out, stats = run_flat(model, seq, target_ids, prediction, masks, rows, head_chunk, advance)
     stats.fallback_reason = reason
     return out, stats
