@@ -226,7 +226,7 @@ def evaluate_run(teacher: nn.Module, student_before: nn.Module, student_after: n
             row.update({e.name: e.outputs[j] for e in evals})
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, out / "outputs.jsonl")
-    if evals[0].interactions:
+    if all(e.interactions for e in evals):
         summary["report"] = _write_report(evals, out / "report", settings, extractor)
     summary = _finite_or_none(summary)
     _write_json(out / "summary.json", summary)
