@@ -253,7 +253,8 @@ def _run(args: argparse.Namespace) -> int:
     teacher = load_model(args.teacher, dtype=dtype, device=device)
     described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
     say(f"[teacher] interactions of {described['teacher']}")
-    run_interactions(teacher, tokenizer, records, runs / "teacher", model_name=f"teacher:{args.teacher}", **settings)
+    done = {"teacher": run_interactions(teacher, tokenizer, records, runs / "teacher",
+                                        model_name=f"teacher:{args.teacher}", **settings)}
     if args.gen_tokens:
         outputs["teacher"] = _generate(teacher, tokenizer, records, args.gen_tokens, args.chat_template,
                                        runs / "teacher" / "generations.json", progress, "teacher")
@@ -273,8 +274,8 @@ def _run(args: argparse.Namespace) -> int:
             model = load_model(spec, dtype=dtype, device=device)
             described[label] = f"{spec} ({_describe(model)})"
         say(f"[{label}] interactions of {described[label]}, with the teacher's y*, players and masks")
-        run_interactions(model, tokenizer, records, runs / label, model_name=f"student:{spec}",
-                         like_dir=runs / "teacher", **settings)
+        done[label] = run_interactions(model, tokenizer, records, runs / label, model_name=f"student:{spec}",
+                                       like_dir=runs / "teacher", **settings)
         if args.gen_tokens:
             outputs[label] = _generate(model, tokenizer, records, args.gen_tokens, args.chat_template,
                                        runs / label / "generations.json", progress, label)
@@ -296,7 +297,8 @@ def _run(args: argparse.Namespace) -> int:
         "outputs for agreement/BLEU/ROUGE-L": (f"each model's greedy continuation, <= {args.gen_tokens} tokens"
                                                if args.gen_tokens else "not generated (--gen-tokens 0)"),
         "device": f"{device} ({torch.get_num_threads()} threads), {args.dtype}",
-        "time": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
+        "time": ", ".join(f"{k} {v:.0f} s" + (f" ({done[k].computed} prompts computed, {done[k].skipped} resumed)"
+                                               if k in done else "") for k, v in timings.items()),
     }
     files = write_report(comparison, out, run_info=run_info, extra_summary={
         "command": {k: v for k, v in vars(args).items() if k != "run"},

@@ -204,9 +204,11 @@ def plot_simple_complex(comparison: Comparison, path: str | Path) -> Path:
         ax.set_xticks([0, 1], ["simple", "complex"])
         ax.set_title(title)
         ax.grid(axis="x", visible=False)
-    axes[2].axhline(comparison.k_main, ls="--", color="#888888", lw=1.1, label="chance")
-    axes[0].legend(loc="upper right")
-    axes[2].legend(loc="upper right")
+    axes[2].axhline(comparison.k_main, ls="--", color="#888888", lw=1.1, label="chance (k)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    chance = [h for h, text in zip(*axes[2].get_legend_handles_labels()) if text == "chance (k)"]
+    fig.legend(handles + chance, labels + ["chance (k)"] * len(chance), loc="upper center", ncol=len(models) + 1,
+               bbox_to_anchor=(0.5, 1.08))
     fig.text(0.5, -0.03, _split_note(comparison), ha="center", color="#555555", fontsize=8.5)
     return _save(fig, path)
 
@@ -217,9 +219,14 @@ def _split_note(comparison: Comparison) -> str:
     return "; ".join(parts) + ", complex = the higher orders (error bars: 95% interval over prompts)"
 
 
-def _label(names: list[str], mask: int) -> str:
-    label = subset_label(names, mask)
-    return label if len(label) <= 38 else label[:35] + "...}"
+def _label(names: list[str], mask: int, width: int = 34) -> str:
+    """The subset's words, wrapped on two lines at most (cut with '...' beyond)."""
+    import textwrap
+
+    lines = textwrap.wrap(subset_label(names, mask), width, break_on_hyphens=False)
+    if len(lines) > 2:
+        lines = [lines[0], lines[1][: width - 4] + " ...}"]
+    return "\n".join(lines)
 
 
 def plot_top_interactions(comparison: Comparison, path: str | Path, *, prompts: int = 3, top: int = 6) -> Path:
@@ -231,7 +238,7 @@ def plot_top_interactions(comparison: Comparison, path: str | Path, *, prompts: 
     colors = model_colors(comparison)
     models = comparison.models
     rows = min(prompts, len(comparison.prompt_ids))
-    fig = plt.figure(figsize=(4.4 * len(models) + 1.2, (0.36 * top + 1.0) * rows), layout="constrained")
+    fig = plt.figure(figsize=(4.6 * len(models) + 1.2, (0.48 * top + 1.0) * rows), layout="constrained")
     subfigs = np.atleast_1d(fig.subfigures(rows, 1))
     for r, sub in enumerate(subfigs):
         prompt = comparison.summary["prompts"][r]
@@ -249,7 +256,7 @@ def plot_top_interactions(comparison: Comparison, path: str | Path, *, prompts: 
             y = np.arange(len(vals))[::-1]
             shades = [to_rgba(colors[m], 1.0 if v >= 0 else 0.4) for v in vals]
             ax.barh(y, vals, color=shades, height=0.7)
-            ax.set_yticks(y, labels, fontsize=8.5)
+            ax.set_yticks(y, labels, fontsize=8)
             ax.axvline(0, color="#555555", lw=0.8)
             ax.set_xlim(-1.05, 1.05)
             ax.grid(axis="y", visible=False)
