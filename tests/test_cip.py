@@ -79,8 +79,8 @@ CASES = [
     dict(arch="gpt2", m=3),
     dict(arch="llama", m=2, order_threshold=0.5),
     dict(arch="qwen2", m=3, exact_up_to=4),
-    dict(arch="llama", m=3, masking="attention", reuse=True),
-    dict(arch="gpt2", m=4, baseline="zeros", reuse=True, weight=0.3),
+    dict(arch="llama", m=3, masking="attention", reuse="logits"),
+    dict(arch="gpt2", m=4, baseline="zeros", reuse="hidden", weight=0.3),
     dict(arch="llama", m=3, baseline="mean"),
 ]
 
@@ -92,7 +92,7 @@ def test_cip_value_and_gradient_match_the_reference(case):
     model = tiny_causal_lm(arch, vocab_size=VOCAB, hidden_size=16, seed=1).double()
     batch = make_batch()
     cip = CIP(seed=5, **case)
-    outputs = model(**batch) if reuse else None
+    outputs = model(**batch, output_hidden_states=reuse == "hidden") if reuse else None
     loss = cip(model, batch, outputs, step=3)
     records = cip.interactions(model, batch, step=3)
     assert [r.index for r in records] == [0, 1, 2]
@@ -115,10 +115,14 @@ def test_reusing_the_callers_forward_changes_nothing():
     batch = make_batch(seed=1)
     cip = CIP(3, seed=0)
     alone = cip(model, batch, step=0)
-    reused = cip(model, batch, model(**batch), step=0)
-    torch.testing.assert_close(alone, reused)
-    for a, b in zip(_grads(model, alone), _grads(model, reused)):
-        torch.testing.assert_close(a, b)
+    alone_grads = _grads(model, alone)
+    for outputs in (model(**batch), model(**batch).logits, model(**batch, output_hidden_states=True)):
+        reused = cip(model, batch, outputs, step=0)
+        torch.testing.assert_close(alone, reused)
+        for a, b in zip(alone_grads, _grads(model, reused)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(TypeError, match="outputs must be"):
+        cip(model, batch, {"loss": 0.0}, step=0)
 
 
 def test_a_padding_idx_baseline_gets_no_gradient_as_when_the_pad_token_is_fed():

@@ -46,6 +46,9 @@ class CIPTrainerMixin:
         batch = {k: inputs[k] for k in _BATCH_KEYS if k in inputs}  # the parent may pop labels from inputs
         use_cip = model.training and self.cip.weight != 0.0 and "labels" in batch
         if use_cip and self.cip_reuses_outputs:
+            # the final hidden states let CIP reuse this forward cheaply (trainers that call the model with
+            # explicit arguments ignore the key, and CIP then reads the logits)
+            inputs = {**inputs, "output_hidden_states": True}
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
         else:
@@ -53,7 +56,8 @@ class CIPTrainerMixin:
                                           num_items_in_batch=num_items_in_batch)
             loss, outputs = result if return_outputs else (result, None)
         if use_cip:
-            reuse = outputs if self.cip_reuses_outputs and getattr(outputs, "logits", None) is not None else None
+            reusable = getattr(outputs, "logits", None) is not None or getattr(outputs, "hidden_states", None)
+            reuse = outputs if self.cip_reuses_outputs and reusable else None
             term = self.cip(model, batch, reuse, step=self.state.global_step)
             self._cip_logged.append(term.detach())
             if not self._trainer_divides_by_accumulation(num_items_in_batch):

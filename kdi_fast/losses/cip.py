@@ -130,8 +130,10 @@ class CIP(nn.Module):
 
         batch: input_ids [B, T], attention_mask [B, T] (optional), labels [B, T] (-100 outside y*), and
         optionally player_mask [B, T] bool (tokens that may be players). outputs: the caller's forward of
-        `model` on this batch (a ModelOutput with .logits or the logits [B, T, V], with gradients); it then
-        supplies v of the full input. step: the training step (seeds the partitions; default: a call counter).
+        `model` on this batch, with gradients; it then supplies v of the full input. Cheapest is
+        model(**batch, output_hidden_states=True): CIP reads the final hidden states at the target positions;
+        with .logits only (or a logits tensor [B, T, V]), the backward of the reused rows fills a [B, T, V]
+        zero gradient. step: the training step (seeds the partitions; default: a call counter).
         """
         records = self.interactions(model, batch, outputs, step=step)
         if not records:
@@ -226,14 +228,17 @@ class CIP(nn.Module):
                                  f"config), and neither has one; pass baseline='zeros', 'mean' or a token id")
         if not 0 <= token < weight.shape[0]:
             raise ValueError(f"baseline token id {token} is outside the embedding matrix ({weight.shape[0]} rows)")
-        # through the module, as if the token were fed: a padding_idx row gets no gradient, as in the model
-        return embed(torch.tensor([token], device=weight.device))[0]
+        # as if the token were fed: a padding_idx row gets no gradient, as in the model's own lookup
+        return weight[token].detach() if token == getattr(embed, "padding_idx", None) else weight[token]
 
     def _mean_target_logprobs(self, model: nn.Module, plans: list[_Plan], input_ids: Tensor,
                               attention_mask: Tensor, outputs) -> list[Tensor]:
         """Per plan, the mean log-prob of y* under each of its 2^k masks, [2^k] in mask order."""
         reuse = outputs is not None
         full_logits = getattr(outputs, "logits", outputs) if reuse else None
+        if reuse and _final_hidden_states(outputs) is None and not isinstance(full_logits, Tensor):
+            raise TypeError("outputs must be the model's output on this batch (with .logits, or .hidden_states "
+                            "from output_hidden_states=True) or its logits tensor [B, T, V]")
         length = max(int(p.target_positions[-1]) + 1 for p in plans)
         rows = torch.tensor([p.index for p in plans], device=input_ids.device)
         inner = unwrap_model(model)
@@ -256,24 +261,46 @@ class CIP(nn.Module):
             seq_count.append(masks.numel())
         hidden = _last_hidden_state(model, torch.cat(inputs), torch.cat(masks_attn))  # [S, T', H]
         # the rows of the LM head: for sequence s of plan j, positions p - 1 of its targets
-        lengths = torch.tensor([plans[j].target_positions.numel() for j in seq_plan], device=hidden.device)
-        seq_of_row = torch.repeat_interleave(torch.arange(len(seq_plan), device=hidden.device), lengths)
-        pos = torch.cat([plans[j].target_positions.to(hidden.device) for j in seq_plan])
-        tgt = torch.cat([plans[j].target_ids.to(hidden.device) for j in seq_plan])
+        device = hidden.device
+        lengths = torch.tensor([plans[j].target_positions.numel() for j in seq_plan], device=device)
+        seq_of_row = torch.repeat_interleave(torch.arange(len(seq_plan), device=device), lengths)
+        pos = torch.cat([plans[j].target_positions.to(device) for j in seq_plan])
+        tgt = torch.cat([plans[j].target_ids.to(device) for j in seq_plan])
         flat = hidden.reshape(-1, hidden.shape[-1])[seq_of_row * length + pos - 1]
+        # the full input, reused from the caller: its target rows, by prompt
+        counts = torch.tensor([p.target_positions.numel() for p in plans], device=device)
+        plan_of_row = torch.repeat_interleave(torch.arange(len(plans), device=device), counts)
+        full_rows = torch.tensor([p.index for p in plans], device=device)[plan_of_row]
+        full_pos = torch.cat([p.target_positions.to(device) for p in plans]) - 1
+        full_tgt = torch.cat([p.target_ids.to(device) for p in plans])
+        full_hidden = _final_hidden_states(outputs) if reuse else None
+        if full_hidden is not None:  # cheapest: through the same LM head call as the masked rows
+            flat = torch.cat([flat, full_hidden[full_rows.to(full_hidden.device), full_pos].to(flat.dtype)])
+            tgt = torch.cat([tgt, full_tgt])
+            seq_of_row = torch.cat([seq_of_row, len(seq_plan) + plan_of_row])
+            lengths = torch.cat([lengths, counts])
         weight, bias = _forward.lm_head(inner)
         lp = ops.target_logprobs(flat, weight, tgt, bias)
-        per_seq = torch.zeros(len(seq_plan), dtype=lp.dtype, device=lp.device).index_add(0, seq_of_row, lp)
+        per_seq = torch.zeros(lengths.numel(), dtype=lp.dtype, device=lp.device).index_add(0, seq_of_row, lp)
         per_seq = per_seq / lengths.to(lp.dtype)
-        out = list(per_seq.split(seq_count))
-        if reuse:
-            for j, plan in enumerate(plans):
-                logits = full_logits[plan.index, plan.target_positions - 1]
-                logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-                full = (logits.gather(-1, plan.target_ids[:, None].to(logits.device)).squeeze(-1)
-                        - torch.logsumexp(logits, -1)).mean()
-                out[j] = torch.cat([out[j], full.to(out[j].dtype)[None]])
-        return out
+        out = list(per_seq[:len(seq_plan)].split(seq_count))
+        if not reuse:
+            return out
+        if full_hidden is not None:
+            full = per_seq[len(seq_plan):]
+        else:  # from the caller's logits (its backward fills a [B, T, V] zero gradient: slower for big vocabularies)
+            logits = full_logits[full_rows.to(full_logits.device), full_pos.to(full_logits.device)]
+            logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+            token_lp = logits.gather(-1, full_tgt.to(logits.device)[:, None]).squeeze(-1) - logits.logsumexp(-1)
+            full = torch.zeros(len(plans), dtype=token_lp.dtype, device=token_lp.device).index_add(
+                0, plan_of_row.to(token_lp.device), token_lp) / counts.to(token_lp)
+        return [torch.cat([values, full[j].to(values.dtype)[None]]) for j, values in enumerate(out)]
+
+
+def _final_hidden_states(outputs) -> Tensor | None:
+    """The caller's final hidden states [B, T, H] (outputs.hidden_states[-1]), when it asked for them."""
+    states = getattr(outputs, "hidden_states", None)
+    return states[-1] if isinstance(states, (tuple, list)) and states else None
 
 
 def _present(player_of_token: Tensor, masks: Tensor) -> Tensor:
@@ -300,12 +327,12 @@ def _check_model(inner: nn.Module) -> None:
 def _last_hidden_state(model: nn.Module, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
     """The final hidden states (after the last norm) of a Hugging Face causal LM, computed by a call of `model`
     itself, so that a DistributedDataParallel wrapper sees the forward and synchronises the gradients. The LM
-    head runs on the last position only (logits_to_keep=1); CIP applies it at the target positions itself."""
+    head runs nowhere (logits_to_keep = an empty index); CIP applies it at the target positions itself."""
     inner = unwrap_model(model)
     kwargs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
                   use_cache=False, return_dict=True)
-    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
-        kwargs["logits_to_keep"] = 1
+    if "logits_to_keep" in inspect.signature(inner.forward).parameters:  # an empty index: no logits at all
+        kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=inputs_embeds.device)
     return model(**kwargs).hidden_states[-1]
 
 
