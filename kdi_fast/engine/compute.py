@@ -19,8 +19,8 @@ from .. import ops
 from .forward import lm_head
 from .masking import MaskedSequence, baseline_embedding, baseline_token_id, check_masking, input_embeddings
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
-from .result import InteractionResult
 from .memory import default_memory_budget, parse_memory
+from .result import InteractionResult
 from .scheduler import all_mask_logprobs
 from .target import greedy_target, tokenize_target
 from .value import DEFAULT_EPS, values_from_logprobs
@@ -64,7 +64,27 @@ class _Job:
 
     encoded: EncodedPrompt
     players: list[tuple[int, ...]]
-    target_ids: list[int] | None  # None: greedy
+    target_ids: list[int] | None  # None: the greedy continuation
+    target_source: str  # "given", "greedy" or "like"
+
+
+@dataclass
+class _Options:
+    """The settings every prompt of a call shares."""
+
+    masking: str
+    baseline: str | int
+    max_target_tokens: int
+    budget: int
+    eps: float
+    path: str
+    max_batch_tokens: int | None
+    max_order: int | None
+    settings: dict  # recorded in every result
+
+    def order_for(self, n: int) -> int | None:
+        """max_order, or None when it keeps every subset of n players."""
+        return None if self.max_order is None or self.max_order >= n else self.max_order
 
 
 def compute_interactions(
@@ -103,12 +123,52 @@ def compute_interactions(
     the interactions of those subsets are still exact (I_S needs v on the subsets of S only). Allows more than
     16 players (at most 65,536 masks). The result then holds the compact layout (result.masks).
     """
+    _check_arguments(prompts, targets, players, like, masking, baseline, max_batch_tokens, max_order)
+    budget = parse_memory(memory_budget)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if like is not None:
+        _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order)
+    if masking == "embedding":
+        input_embeddings(model)
+    if masking in ("embedding", "token") and baseline not in ("zeros", "mean"):
+        baseline_token_id(tokenizer, baseline, lm_head(model)[0].shape[0])
+    jobs = [_prepare(model, tokenizer, i, prompts, targets, players, like, n_players, max_target_tokens, masking,
+                     chat_template, max_order) for i in range(len(prompts))]
+
+    parameter = next(model.parameters())
+    options = _Options(
+        masking=masking, baseline=baseline, max_target_tokens=max_target_tokens, eps=eps, path=path,
+        budget=budget if budget is not None else default_memory_budget(parameter.device),
+        max_batch_tokens=max_batch_tokens, max_order=max_order,
+        settings={"masking": masking, "baseline": baseline if masking != "attention" else None,
+                  "chat_template": bool(chat_template), "n_players": n_players,
+                  "max_target_tokens": max_target_tokens, "eps": eps, "tokenizer": fingerprint,
+                  "max_order": max_order, "dtype": str(parameter.dtype).removeprefix("torch.")})
+
+    from tqdm.auto import tqdm
+
+    total = sum(ops.num_subsets(len(job.players), options.order_for(len(job.players))) for job in jobs)
+    bar = tqdm(total=total, unit="mask", desc="interactions", disable=not progress, dynamic_ncols=True)
+    was_training = model.training
+    model.eval()  # no dropout: every mask sees the same function
+    try:
+        with torch.no_grad():
+            results = []
+            for i, job in enumerate(jobs):
+                bar.set_postfix(prompt=f"{i + 1}/{len(jobs)}", refresh=False)
+                results.append(_compute_one(model, tokenizer, job, options, bar.update))
+    finally:
+        model.train(was_training)
+        bar.close()
+    return results
+
+
+def _check_arguments(prompts, targets, players, like, masking, baseline, max_batch_tokens, max_order) -> None:
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise TypeError("prompts must be a list of strings (wrap a single prompt in a list)")
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt")
     check_masking(masking, baseline)
-    budget = parse_memory(memory_budget)
     if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
         raise ValueError(f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}")
     if max_order is not None and (not isinstance(max_order, int) or isinstance(max_order, bool) or max_order < 1):
@@ -117,112 +177,71 @@ def compute_interactions(
         if value is not None and (isinstance(value, str) or len(value) != len(prompts)):
             raise ValueError(f"{name} must be a list with one entry per prompt ({len(prompts)}), got "
                              f"{value if isinstance(value, str) else str(len(value)) + ' entries'}")
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    if like is not None:
-        if targets is not None or players is not None:
-            raise ValueError("like= fixes the targets and players (those of the given results); do not pass "
-                             "targets or players with it")
-        _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order)
-    vocab = lm_head(model)[0].shape[0]
-    if masking == "embedding":
-        input_embeddings(model)
-    if masking in ("embedding", "token") and baseline not in ("zeros", "mean"):
-        baseline_token_id(tokenizer, baseline, vocab)
-    limit = context_length(model)
+    if like is not None and (targets is not None or players is not None):
+        raise ValueError("like= fixes the targets and players (those of the given results); do not pass "
+                         "targets or players with it")
 
-    jobs: list[_Job] = []
-    for i, prompt in enumerate(prompts):
-        try:
-            encoded = encode_prompt(tokenizer, prompt, chat_template=chat_template)
-            if like is not None:
-                spec, target_ids = like[i].players, list(like[i].target_ids)
-                if list(encoded.words) != list(like[i].words):
-                    raise ValueError("the prompt's words differ from those of the like= result")
-            else:
-                spec = players[i] if players is not None else None
-                target_ids = tokenize_target(tokenizer, targets[i]) if targets is not None and targets[i] is not None \
-                    else None
-            chosen = resolve_players(encoded, spec, n_players, keep_last_token=masking == "attention",
-                                     max_order=max_order)
-            length = len(encoded.input_ids) + (len(target_ids) if target_ids is not None else max_target_tokens) - 1
-            if limit is not None and length > limit:
-                raise ValueError(f"the prompt ({len(encoded.input_ids)} tokens) and its target together need {length} "
-                                 f"positions, more than the model's context of {limit}; shorten the prompt or the "
-                                 f"target (max_target_tokens)")
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"prompt {i}: {err}" if len(prompts) > 1 else str(err)) from None
-        jobs.append(_Job(encoded, chosen, target_ids))
 
-    device = next(model.parameters()).device
-    if budget is None:
-        budget = default_memory_budget(device)
-    settings = {"masking": masking, "baseline": baseline if masking != "attention" else None,
-                "chat_template": bool(chat_template), "n_players": n_players, "max_target_tokens": max_target_tokens,
-                "eps": eps, "tokenizer": fingerprint, "max_order": max_order,
-                "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
-    name = model_name(model)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(ops.num_subsets(len(job.players), _order(job, max_order)) for job in jobs), unit="mask",
-               desc="interactions",
-               disable=not progress, dynamic_ncols=True)
-    was_training = model.training
-    model.eval()
-    results = []
+def _prepare(model, tokenizer, i, prompts, targets, players, like, n_players, max_target_tokens, masking,
+             chat_template, max_order) -> _Job:
+    """Check prompt i (words, players, target, context length) and say which prompt is wrong if it is."""
     try:
-        with torch.no_grad():
-            for i, job in enumerate(jobs):
-                bar.set_postfix(prompt=f"{i + 1}/{len(jobs)}", refresh=False)
-                results.append(_compute_one(model, tokenizer, job, masking, baseline, budget, max_target_tokens,
-                                            eps, path, max_batch_tokens, _order(job, max_order), like is not None,
-                                            settings, name, bar.update))
-    finally:
-        model.train(was_training)
-        bar.close()
-    return results
+        encoded = encode_prompt(tokenizer, prompts[i], chat_template=chat_template)
+        if like is not None:
+            if list(encoded.words) != list(like[i].words):
+                raise ValueError("the prompt's words differ from those of the like= result")
+            spec, target_ids, source = like[i].players, list(like[i].target_ids), "like"
+        else:
+            spec = players[i] if players is not None else None
+            given = targets[i] if targets is not None else None
+            target_ids = tokenize_target(tokenizer, given) if given is not None else None
+            source = "given" if given is not None else "greedy"
+        chosen = resolve_players(encoded, spec, n_players, keep_last_token=masking == "attention",
+                                 max_order=max_order)
+        limit = context_length(model)
+        length = len(encoded.input_ids) + (len(target_ids) if target_ids is not None else max_target_tokens) - 1
+        if limit is not None and length > limit:
+            raise ValueError(f"the prompt ({len(encoded.input_ids)} tokens) and its target together need {length} "
+                             f"positions, more than the model's context of {limit}; shorten the prompt or the "
+                             f"target (max_target_tokens)")
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"prompt {i}: {err}" if len(prompts) > 1 else str(err)) from None
+    return _Job(encoded, chosen, target_ids, source)
 
 
-def _order(job: _Job, max_order: int | None) -> int | None:
-    """max_order, or None when it keeps every subset of this prompt's players."""
-    return None if max_order is None or max_order >= len(job.players) else max_order
-
-
-def _compute_one(model, tokenizer, job: _Job, masking, baseline, budget, max_target_tokens, eps, path,
-                 max_batch_tokens, max_order, liked, settings, name, advance) -> InteractionResult:
+def _compute_one(model, tokenizer, job: _Job, options: _Options, advance) -> InteractionResult:
     started = time.perf_counter()
     device = next(model.parameters()).device
-    encoded = job.encoded
-    source = "like" if liked else "given" if job.target_ids is not None else "greedy"
+    encoded, n = job.encoded, len(job.players)
+    max_order = options.order_for(n)
     target_ids = job.target_ids if job.target_ids is not None else \
-        greedy_target(model, tokenizer, list(encoded.input_ids), max_target_tokens)
+        greedy_target(model, tokenizer, list(encoded.input_ids), options.max_target_tokens)
     prompt_length = len(encoded.input_ids)
+    owner = player_of_token(encoded, job.players) + [-1] * (len(target_ids) - 1)
     ids = torch.tensor(list(encoded.input_ids) + target_ids[:-1], dtype=torch.int64, device=device)
-    owner_list = player_of_token(encoded, job.players) + [-1] * (len(target_ids) - 1)
-    seq = MaskedSequence(input_ids=ids, owner=torch.tensor(owner_list, dtype=torch.int64, device=device),
-                         n=len(job.players), masking=masking)
-    if masking == "embedding":
+    seq = MaskedSequence(input_ids=ids, owner=torch.tensor(owner, dtype=torch.int64, device=device), n=n,
+                         masking=options.masking)
+    if options.masking == "embedding":
         seq.embeds = input_embeddings(model)(ids).detach()
-        seq.baseline = baseline_embedding(model, tokenizer, baseline)
-    elif masking == "token":
-        seq.baseline_id = baseline_token_id(tokenizer, baseline, lm_head(model)[0].shape[0])
+        seq.baseline = baseline_embedding(model, tokenizer, options.baseline)
+    elif options.masking == "token":
+        seq.baseline_id = baseline_token_id(tokenizer, options.baseline, lm_head(model)[0].shape[0])
     prediction = list(range(prompt_length - 1, prompt_length - 1 + len(target_ids)))
     target = torch.tensor(target_ids, dtype=torch.int64, device=device)
-    logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=budget, path=path,
-                                        max_tokens=max_batch_tokens, max_order=max_order, advance=advance)
-    values = values_from_logprobs(logprobs, eps=eps)
-    interactions = ops.mobius(values, max_order=max_order)
-    player_tokens = [tuple(t for t, p in enumerate(owner_list) if p == i) for i in range(len(job.players))]
+    logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=options.budget, path=options.path,
+                                        max_tokens=options.max_batch_tokens, max_order=max_order, advance=advance)
+    values = values_from_logprobs(logprobs, eps=options.eps)
     return InteractionResult(
         prompt=encoded.prompt, words=list(encoded.words), players=job.players,
         player_texts=player_texts(encoded, job.players), target_text=tokenizer.decode(target_ids),
-        target_ids=list(target_ids), values=values, interactions=interactions, model_name=name,
-        settings={**settings, "target": source}, player_tokens=player_tokens, input_ids=list(encoded.input_ids),
+        target_ids=list(target_ids), values=values, interactions=ops.mobius(values, max_order=max_order),
+        model_name=model_name(model), settings={**options.settings, "target": job.target_source},
+        player_tokens=[tuple(t for t, p in enumerate(owner) if p == i) for i in range(n)],
+        input_ids=list(encoded.input_ids), max_order=max_order,
         stats={"path": stats.path, "forwards": stats.forwards, "token_forwards": stats.token_forwards,
-               "naive_token_forwards": values.shape[0] * len(ids),
-               "rows_per_forward": stats.rows_per_forward, "seconds": time.perf_counter() - started,
-               "memory_budget": budget, **({"fallback": stats.fallback_reason} if stats.fallback_reason else {})},
-        max_order=max_order)
+               "naive_token_forwards": values.shape[0] * len(ids), "rows_per_forward": stats.rows_per_forward,
+               "seconds": time.perf_counter() - started, "memory_budget": options.budget,
+               **({"fallback": stats.fallback_reason} if stats.fallback_reason else {})})
 
 
 def _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order) -> None:
