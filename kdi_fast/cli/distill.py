@@ -61,13 +61,13 @@ def _error(message: str) -> int:
 
 
 def _data(args) -> tuple[list, list]:
-    from ..distill.datasets import _parse_spec, load_examples
+    from ..distill.datasets import load_examples, parse_builtin
 
     train = load_examples(args.data, seed=args.seed)
     if args.eval_data is not None:
         held_out = load_examples(args.eval_data, seed=args.seed + 1)
-    elif _parse_spec(args.data) is not None:
-        name = _parse_spec(args.data)[0]
+    elif parse_builtin(args.data) is not None:
+        name = parse_builtin(args.data)[0]
         held_out = load_examples(f"{name}:{args.eval_size}", seed=args.seed + 1_000)
         prompts = {e.prompt for e in train}
         held_out = [e for e in held_out if e.prompt not in prompts]

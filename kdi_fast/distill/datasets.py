@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["Example", "INSTRUCT_TASKS", "load_examples", "answer_extractor", "normalised_text", "TokenizedExample",
-           "tokenize_examples", "collate", "prompt_batch"]
+__all__ = ["Example", "INSTRUCT_TASKS", "load_examples", "parse_builtin", "answer_extractor", "normalised_text",
+           "TokenizedExample", "tokenize_examples", "collate", "prompt_batch"]
 
 IGNORE_INDEX = -100
 DEFAULT_SIZE = 200
@@ -50,7 +50,8 @@ class Example:
     task: str = ""
 
 
-def _parse_spec(spec: str) -> tuple[str, int] | None:
+def parse_builtin(spec: str) -> tuple[str, int] | None:
+    """("gsm_symbolic" | "instruct", size) for a built-in data set name such as "instruct:50", else None."""
     match = re.fullmatch(r"(gsm_symbolic|instruct)(?::(\d+))?", spec.strip())
     if match is None:
         return None
@@ -62,7 +63,7 @@ def _parse_spec(spec: str) -> tuple[str, int] | None:
 
 def load_examples(source: str | Path, *, seed: int = 0) -> list[Example]:
     """Examples from a built-in generator ("gsm_symbolic:N", "instruct:N") or a JSONL file (module docstring)."""
-    parsed = _parse_spec(str(source))
+    parsed = parse_builtin(str(source))
     if parsed is not None:
         name, size = parsed
         return _gsm_symbolic(size, seed) if name == "gsm_symbolic" else _instruct(size, seed)
