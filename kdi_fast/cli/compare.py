@@ -33,8 +33,8 @@ _ANSWERS = ("auto", "number", "word")
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="compare a teacher's interactions with its students' and write a report",
-        description="Run the interaction engine on a teacher and each student with the same targets y*, players and "
-                    "masks, then write OUT/report.md (with PNG figures), OUT/summary.json and OUT/per_prompt.csv: "
+        description="Run the interaction engine on a teacher and each student with the same targets y*, players "
+                    "and masks, then write OUT/report.md (with PNG figures), OUT/summary.json and OUT/per_prompt.csv: "
                     "sparsity (Gini, entropy), alignment (Overlap@k), orders, simple vs complex interactions, and "
                     "output agreement, BLEU and ROUGE-L. With only --out it runs the embedded default: "
                     "SmolLM2-135M-Instruct as the teacher, a student made of a subset of its layers, and eight "
@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--student", nargs="+", default=None, metavar="S",
                    help="students: model directories, 'smollm2', or 'layers:K' / 'layers:0,3,7' for a student "
                         f"keeping K (or the listed) layers of the teacher (default {DEFAULT_STUDENT})")
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory shared by all models (default: the teacher's)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory shared by all models (default: the teacher's)")
     p.add_argument("--data", default=None,
                    help="prompt file (.jsonl with \"prompt\" and optional \"target\", \"players\", \"id\"; or one "
                         "prompt per line), 'builtin' for all 40 built-in prompts; default: 8 built-in prompts")
@@ -61,8 +62,10 @@ def register(subparsers) -> None:
     p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
                    help="how absent players are masked (default embedding)")
     p.add_argument("--baseline", default="pad", help="pad, unk, zeros, mean or a token id (default pad)")
-    p.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
-    p.add_argument("--ks", default=DEFAULT_KS, help=f"the Overlap@k ratios, comma-separated (default {DEFAULT_KS})")
+    p.add_argument("--chat-template", action="store_true",
+                   help="wrap each prompt in the tokenizer's chat template")
+    p.add_argument("--ks", default=DEFAULT_KS,
+                   help=f"the Overlap@k ratios, comma-separated (default {DEFAULT_KS})")
     p.add_argument("--k", type=float, default=0.1,
                    help="k of the simple/complex overlaps and the correlations (default 0.1)")
     p.add_argument("--max-simple-order", type=int, default=None,
@@ -105,7 +108,8 @@ def parse_layers(spec: str) -> int | list[int] | None:
     try:
         values = [int(v) for v in body.split(",")]
     except ValueError:
-        raise ValueError(f"--student {spec!r}: use layers:K (keep K layers) or layers:0,3,7 (keep these)") from None
+        raise ValueError(f"--student {spec!r}: use layers:K (keep K layers) or layers:0,3,7 (keep these)") \
+            from None
     return values[0] if len(values) == 1 and "," not in body else values
 
 
@@ -292,7 +296,8 @@ def _run(args: argparse.Namespace) -> int:
     run_info = {
         **{label: text for label, text in described.items()},
         "data": args.data or f"{len(records)} built-in prompts ({', '.join(r.id for r in records)})",
-        "targets y*": f"the prompt's target, else the teacher's greedy continuation (<= {args.target_tokens} tokens)",
+        "targets y*": (f"the prompt's target, else the teacher's greedy continuation "
+                       f"(<= {args.target_tokens} tokens)"),
         "masking": f"{args.masking}, baseline {args.baseline}" + (", chat template" if args.chat_template else ""),
         "outputs for agreement/BLEU/ROUGE-L": (f"each model's greedy continuation, <= {args.gen_tokens} tokens"
                                                if args.gen_tokens else "not generated (--gen-tokens 0)"),

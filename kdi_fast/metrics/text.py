@@ -68,7 +68,8 @@ def _check_pair(teacher_texts: Sequence[str], student_texts: Sequence[str]) -> N
             raise TypeError(f"{name} must be a list of str (one output per example)")
     if len(teacher_texts) != len(student_texts):
         raise ValueError(
-            f"teacher and student outputs must pair up one to one, got {len(teacher_texts)} and {len(student_texts)}"
+            "teacher and student outputs must pair up one to one, "
+            f"got {len(teacher_texts)} and {len(student_texts)}"
         )
 
 

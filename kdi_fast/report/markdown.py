@@ -107,7 +107,8 @@ def _findings(c: Comparison) -> list[str]:
         text = s[m].get("text")
         if text:
             lines.append(
-                f"- **Outputs** of **{m}** against the teacher's: answer agreement {_percent(text['agreement'])}%, "
+                f"- **Outputs** of **{m}** against the teacher's: "
+                f"answer agreement {_percent(text['agreement'])}%, "
                 f"BLEU {fmt(text['fidelity_bleu'], 1)}, ROUGE-L {fmt(text['rouge_l'], 1)}."
             )
     return lines
@@ -125,7 +126,8 @@ def _settings_lines(c: Comparison, run_info: Mapping | None) -> list[str]:
         f"M = 2^n - 1 interactions each) |",
         f"| simple interactions | {simple}; complex = the higher orders |",
         f"| salient | \\|I_S\\| / max \\|I_S\\| > {st['salient_threshold']:g} |",
-        f"| intervals | {int(100 * st['confidence'])}% Student-t intervals of the mean over prompts (mean ± half-width) |",
+        f"| intervals | {int(100 * st['confidence'])}% Student-t intervals of the mean over prompts "
+        "(mean ± half-width) |",
     ]
     if st.get("extractor"):
         lines.append(f"| answer extractor | `{st['extractor']}` |")

@@ -129,7 +129,8 @@ def plot_by_order(comparison: Comparison, path: str | Path) -> Path:
     axes[0].set_title("Mean strength |I~_S| per order")
     axes[1].set_title("Share of the total strength per order")
     thr = comparison.salient_threshold
-    axes[2].set_title(f"Salient interactions per order (|I~_S| > {thr:g}),\nmean count per prompt: positive up, negative down",)
+    axes[2].set_title(f"Salient interactions per order (|I~_S| > {thr:g}),\n"
+                      "mean count per prompt: positive up, negative down")
     axes[2].axhline(0, color="#555555", lw=0.8)
     for ax in axes:
         ax.set_xlabel("order |S| (number of players in S)")
@@ -191,7 +192,8 @@ def plot_simple_complex(comparison: Comparison, path: str | Path) -> Path:
     panels = [
         ("Share of the total strength", "share_{}", models),
         ("Sparsity within the part (Gini)", "gini_{}", models),
-        (f"Overlap@{comparison.k_main:g} with the teacher", f"overlap_{{}}@{comparison.k_main:g}", comparison.students),
+        (f"Overlap@{comparison.k_main:g} with the teacher", f"overlap_{{}}@{comparison.k_main:g}",
+         comparison.students),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.7))
     for ax, (title, pattern, who) in zip(axes, panels):
@@ -243,8 +245,9 @@ def plot_top_interactions(comparison: Comparison, path: str | Path, *, prompts: 
     for r, sub in enumerate(subfigs):
         prompt = comparison.summary["prompts"][r]
         target = (prompt.get("target") or "").strip()
-        sub.suptitle(f"\u201c{_wrap(prompt.get('prompt') or prompt['id'], 110)}\u201d \u2192 \u201c{target[:40]}\u201d",
-                     fontsize=9.5, x=0.01, ha="left", color="#333333")
+        text = _wrap(prompt.get("prompt") or prompt["id"], 110)
+        sub.suptitle(f"\u201c{text}\u201d \u2192 \u201c{target[:40]}\u201d", fontsize=9.5, x=0.01, ha="left",
+                     color="#333333")
         axes = np.atleast_1d(sub.subplots(1, len(models)))
         for c, m in enumerate(models):
             ax = axes[c]
