@@ -24,6 +24,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m kdi_fast info
 	$(PY) -m kdi_fast demo
+	$(PY) -m kdi_fast compare --out runs/compare
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
