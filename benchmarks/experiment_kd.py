@@ -174,7 +174,8 @@ def main(argv=None) -> int:
             for name in ("teacher", "student_before"):
                 if not (shared / name / "outputs.json").is_file():
                     save_model_eval(cache[name], shared / name)
-        rows.append({"run": asdict(spec), "train_seconds": run.seconds, "first_loss": run.first_loss,
+        rows.append({"run": asdict(spec), "train_seconds": run.seconds, "eval_seconds": summary.get("eval_seconds"),
+                     "first_loss": run.first_loss,
                      "last_loss": run.last_loss, "sgo_batches": run.sgo_batches, **summary["models"]["student_after"],
                      "_teacher": summary["models"]["teacher"], "_before": summary["models"]["student_before"]})
         del student
@@ -186,9 +187,12 @@ def write_results(rows, train, held_out, args, total, results_dir: Path, tag: st
     """The JSON, CSV, Markdown and PNG results of the runs done so far (rewritten after every run)."""
     import torch
 
+    compute = sum(r["train_seconds"] + (r.get("eval_seconds") or 0.0) for r in rows)
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "total_seconds": round(total, 1), "quick": args.quick,
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, no GPU",
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "compute_seconds": round(compute, 1),  # training + evaluation of every run, summed over restarts
+        "wall_seconds_this_invocation": round(total, 1), "quick": args.quick,
         "settings": {k: v for k, v in vars(args).items() if k not in ("results", "work_dir", "only", "threads")},
         "train_examples": len(train), "held_out_examples": len(held_out),
         "teacher": rows[0]["_teacher"] if rows else None, "student_before": rows[0]["_before"] if rows else None,
@@ -227,8 +231,9 @@ def markdown(report: dict) -> str:
              f"training examples of the reasoning-gym instruct mix ({s['steps']} steps of {s['batch_size']}, "
              f"lr {s['lr']:g}); {report['held_out_examples']} held-out examples for ROUGE-L and agreement; "
              f"interactions on {s['interaction_prompts']} held-out prompts with {s['n_players']} players "
-             f"(Overlap@0.1; simple = order <= {s['n_players'] // 2}); {report['machine']}; total "
-             f"{report['total_seconds'] / 60:.0f} min.", ""]
+             f"(Overlap@0.1; simple = order <= {s['n_players'] // 2}); {report['machine']}, "
+             f"{report['threads']} torch thread(s); training and evaluation took "
+             f"{report['compute_seconds'] / 60:.0f} min in all.", ""]
     head = ("| model | Gini | Gini simple | Gini complex | Overlap@0.1 | Overlap simple | Overlap complex | "
             "ROUGE-L | agreement |")
     lines += ["**Part 1: methods, with and without CIP**", "", head, "|" + "---|" * 9]
@@ -274,14 +279,15 @@ def plot(report: dict, folder: Path, tag: str) -> None:
         for j, (key, label) in enumerate((("gini", "all"), ("gini_simple", "simple"), ("gini_complex", "complex"))):
             axes[0].bar([i + (j - 1) * width for i in x], [_nan(e.get(key)) for e in entries], width, label=label)
         axes[0].set_title("Sparsity: mean Gini of |I_S| (higher = sparser)")
+        students = range(len(names) - 1)  # the teacher has no overlap with itself to show
         for j, (key, label) in enumerate((("overlap", "all"), ("overlap_simple", "simple"),
                                           ("overlap_complex", "complex"))):
-            axes[1].bar([i + (j - 1) * width for i in x[1:]], [_nan(e.get(key)) for e in entries[1:]], width,
+            axes[1].bar([i + (j - 1) * width for i in students], [_nan(e.get(key)) for e in entries[1:]], width,
                         label=label)
         axes[1].set_title("Alignment with the teacher: mean Overlap@0.1")
-        for ax in axes:
-            ax.set_xticks(list(x))
-            ax.set_xticklabels(names, rotation=35, ha="right")
+        for ax, ticks, labels in ((axes[0], x, names), (axes[1], students, names[1:])):
+            ax.set_xticks(list(ticks))
+            ax.set_xticklabels(labels, rotation=35, ha="right")
             ax.legend(fontsize=8)
             ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
@@ -311,6 +317,16 @@ def plot(report: dict, folder: Path, tag: str) -> None:
     if drawn:
         fig.savefig(folder / f"{tag}_noise_temperature.png", dpi=110)
     plt.close(fig)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _nan(x) -> float:
