@@ -25,8 +25,8 @@ C = _backend.compiled()
 DIRECTIONS = [(-1, False), (1, False), (-1, True), (1, True)]  # Moebius, zeta, and their transposes
 DTYPES = [torch.float32, torch.float64]
 # Bits of the CPU plan's boundaries (csrc/cpu): lanes (float/double) 4/3 (AVX-512), 3/2 (AVX2), 2/1 (SSE2);
-# L1 blocks 12/11; L2 blocks 16/15; chunks 19/18; above, in-place sweeps of 3-4 bits.
-BOUNDARY_N = [1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+# L1 blocks 12/11; L2 blocks 16/15; chunks 20/19; above, in-place sweeps of 3-4 bits.
+BOUNDARY_N = [1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
 
 
 def run_cpp(x: torch.Tensor, sign: int, superset: bool, threads: int) -> torch.Tensor:

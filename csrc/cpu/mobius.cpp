@@ -2,13 +2,13 @@
 // kernels of the instruction set picked at run time (simd.h).
 //
 // Dense layout, a row of 2^n values:
-//   pass 0      bits 0..c-1 of every chunk of 2^c values (2 MiB, meant to stay in L3), blocked inside for L2
+//   pass 0      bits 0..c-1 of every chunk of 2^c values (4 MiB, meant to stay in L3), blocked inside for L2
 //               (256 KiB) and L1 (16 KiB); the first sweep of each L1 block reads memory and fuses the bits
 //               inside a vector register with the next 3-4 bits;
 //   pass 1, ... the remaining bits, 4 (AVX-512) or 3 per pass, each an in-place sweep over memory that holds
 //               2^r vectors (one per segment, segments 2^b apart) in registers. Such a sweep costs about one
 //               copy of the buffer; copying tiles into a buffer to do more bits per pass was measured slower.
-// So a row of 2^24 floats takes two passes over memory. Work items (chunks; column ranges of sweeps) of all
+// So a row of 2^24 floats (2^23 doubles) takes two passes over memory. Work items (chunks; column ranges of sweeps) of all
 // rows are split evenly between the threads; a barrier separates the passes.
 #include <algorithm>
 #include <atomic>
@@ -27,7 +27,7 @@
 namespace kdi {
 namespace {
 
-constexpr int64_t kChunkBytes = int64_t{2} << 20;  // pass 0 works on chunks this big (a share of L3)
+constexpr int64_t kChunkBytes = int64_t{4} << 20;  // pass 0's chunks: a share of L3 (n=24 float: 20 bits)
 constexpr int64_t kL1Bytes = int64_t{16} << 10;
 constexpr int64_t kSweepColumns = 4096;  // the columns of a sweep are split between threads in ranges this long
 constexpr int64_t kParallelMinValues = int64_t{1} << 15;  // below this, forking threads costs more than it saves
