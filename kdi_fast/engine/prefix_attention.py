@@ -34,6 +34,9 @@ _HARMLESS = frozenset({"position_ids", "use_cache", "cache_position", "output_at
                        "return_dict", "is_causal", "position_embeddings", "past_key_values", "layer_idx"})
 
 
+_SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
 class Unsupported(RuntimeError):
     """The model's attention does something the prefix-tree attention does not reproduce."""
 
@@ -140,8 +143,12 @@ def prefix_tree_attention(module, query: Tensor, key: Tensor, value: Tensor, att
     key_all = torch.cat(keys, 2) if len(keys) > 1 else key
     value_all = torch.cat(values, 2) if len(values) > 1 else value
     state.calls += 1
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1 and not _SDPA_HAS_GQA:  # torch < 2.5: repeat the key/value heads
+        key_all, value_all = key_all.repeat_interleave(groups, 1), value_all.repeat_interleave(groups, 1)
+        groups = 1
     out = F.scaled_dot_product_attention(query, key_all, value_all, attn_mask=state._mask, scale=scaling,
-                                         enable_gqa=query.shape[1] != key.shape[1])
+                                         **({"enable_gqa": True} if groups > 1 else {}))
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -256,6 +256,8 @@ def run_tree(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, plan: Tr
     stats = RunStats(path="prefix_tree", rows_per_forward=list(plan.rows))
     base = decoder(model)
     tail_prediction = torch.tensor(plan.prediction, device=device) - plan.bounds[n]
+    if int(tail_prediction.min()) < 0:
+        raise ValueError("the positions that predict y* must come after the first token of the last player")
 
     def forward(level: int, nodes: Tensor) -> None:
         start, stop = plan.bounds[level], plan.bounds[level + 1]
