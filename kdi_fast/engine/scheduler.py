@@ -84,8 +84,9 @@ class ModelDims:
         return rows * (length * per_token + gathered + scores)
 
     def head_chunk(self, budget: int) -> int:
-        """Rows per chunk of the fused LM head so that its logits take at most an eighth of the budget."""
-        return int(max(1, min(1024, budget // 8 // (self.vocab * 4 * 3))))
+        """Rows per chunk of the fused LM head: at most 256 (already a large GEMM against the vocabulary; more
+        only takes memory), and its logits within an eighth of the budget."""
+        return int(max(1, min(256, budget // 8 // (self.vocab * 4 * 3))))
 
 
 # ----------------------------------------------------------------------------------------------------------
