@@ -62,6 +62,12 @@ def test_all_files_written_whole(report):
         assert height > 200 and width > 400
     leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (files.report, files.summary, files.csv, *files.figures.values()):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # as open() would, not mkstemp's 0o600
 
 
 def test_summary_json_is_the_comparison(report):

@@ -12,14 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..metrics.comparison import Comparison, json_ready
 from . import plots
+from .files import atomic_write
 from .markdown import render_markdown
 
 __all__ = ["ReportFiles", "write_report", "write_csv", "write_json"]
@@ -36,17 +35,7 @@ class ReportFiles:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    """Write to a temporary file in the same directory, then rename it over `path` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
 
 
 def write_json(obj, path: str | Path) -> Path:

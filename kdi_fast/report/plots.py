@@ -4,14 +4,13 @@ writes it to `path` atomically; the numbers drawn are the Comparison's (computed
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..metrics.comparison import Comparison, overlap_column
 from ..metrics.interaction import normalise, top_interactions
+from .files import atomic_write
 from .labels import player_names, subset_label
 
 __all__ = [
@@ -50,22 +49,13 @@ def model_colors(comparison: Comparison) -> dict[str, str]:
 
 
 def _save(fig, path: str | Path) -> Path:
-    """Write the figure to a temporary file beside `path`, then rename it (never a half-written PNG)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        import matplotlib.pyplot as plt
+    """Write the figure as a PNG atomically (never a half-written file), then close it."""
+    import matplotlib.pyplot as plt
 
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    finally:
         plt.close(fig)
-    return path
 
 
 def _metric(comparison: Comparison, model: str, name: str) -> dict:
