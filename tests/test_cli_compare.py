@@ -73,6 +73,7 @@ def test_files_and_numbers_are_the_metric_functions(setup, run_once):
     assert f"| cat | 3 | {fmt(gini(teacher['cat']).item())} |" in text
     assert "student-1L" in text and "1 of the teacher's 2 layers" in text
     assert summary["command"]["n"] == 3 and summary["timings_s"]["total"] > 0
+    assert summary["settings"]["extractor"] == "last_number"  # the default for a prompt file
 
 
 def test_second_run_resumes(setup, run_once):
@@ -124,6 +125,7 @@ def test_default_run_on_smollm2(tmp_path):
     for pid in teacher:
         assert teacher[pid].n == 8 and teacher[pid].model_name != student[pid].model_name
         assert teacher[pid].matching_error() < 1e-8
+    assert summary["settings"]["extractor"] == "first_word"  # built-in prompts are short completions
     k = summary["settings"]["k_main"]
     overlaps = [overlap_at_k(teacher[p], student[p], k).item() for p in teacher]
     got = summary["models"][summary["students"][0]]["metrics"][f"overlap@{k:g}"]["mean"]

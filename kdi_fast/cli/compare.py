@@ -27,7 +27,7 @@ DEFAULT_STUDENT = "layers:26"
 """The default student: 26 of the teacher's 30 layers, evenly spaced, first and last kept (no training)."""
 
 DEFAULT_KS = "0.01,0.02,0.05,0.1,0.2,0.3,0.5"
-_ANSWERS = ("auto", "number", "word")
+_ANSWERS = ("number", "word", "number-or-word")
 
 
 def register(subparsers) -> None:
@@ -56,9 +56,10 @@ def register(subparsers) -> None:
                    help="length of the teacher's greedy target y* when a prompt has none (default 16)")
     p.add_argument("--gen-tokens", type=int, default=24,
                    help="tokens each model generates for agreement, BLEU and ROUGE-L (default 24; 0 skips them)")
-    p.add_argument("--answer", choices=_ANSWERS, default="auto",
-                   help="final-answer extractor for agreement: number (last number), word (first word) or auto "
-                        "(the last number if there is one, else the first word; default)")
+    p.add_argument("--answer", choices=_ANSWERS, default=None,
+                   help="final-answer extractor for agreement: number (the last number: math answers), word (the "
+                        "first word: short completions) or number-or-word (the last number if there is one, else "
+                        "the first word). Default: word for the built-in prompts (short completions), else number")
     p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
                    help="how absent players are masked (default embedding)")
     p.add_argument("--baseline", default="pad", help="pad, unk, zeros, mean or a token id (default pad)")
@@ -132,7 +133,7 @@ def student_labels(specs: list[str]) -> list[str]:
 def _extractor(name: str):
     from ..metrics import first_word, last_number, number_or_word
 
-    return {"auto": number_or_word, "number": last_number, "word": first_word}[name]
+    return {"number-or-word": number_or_word, "number": last_number, "word": first_word}[name]
 
 
 def _records(data: str | None, limit: int | None):
@@ -199,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.runner import load_results, run_interactions
+    from ..data import BUILTIN_PROMPTS
     from ..metrics.comparison import compare_models
     from ..models import load_model, load_tokenizer, student_from_teacher
     from ..report import write_report
@@ -228,7 +230,8 @@ def _run(args: argparse.Namespace) -> int:
     records = _records(args.data, args.limit)
     if not records:
         raise ValueError("no prompts to compare")
-    extractor = _extractor(args.answer)
+    builtin = args.data is None or args.data == BUILTIN_PROMPTS
+    extractor = _extractor(args.answer or ("word" if builtin else "number"))
     out = Path(args.out)
     runs = out / "runs"
     progress = not args.quiet
