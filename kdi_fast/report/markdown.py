@@ -167,8 +167,8 @@ def render_markdown(
         "Harsanyi (AND) interactions I_S of each model on the same prompts, players (words) and target y*: "
         "I_S is the effect that appears only when all words of S are present together. "
         "Sparse interactions = a few strong effects; alignment = the student's strongest effects are the "
-        "teacher's. Numbers are means over prompts with their 95% interval; effects are normalised per prompt "
-        "by the largest |I_S|.",
+        f"teacher's. Numbers are means over prompts with their {int(100 * c.summary['settings']['confidence'])}% "
+        "interval; effects are normalised per prompt by the largest |I_S|.",
         "",
         "## Findings",
         "",
