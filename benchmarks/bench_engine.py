@@ -149,7 +149,7 @@ def worker(model_name: str, layout: str, method: str, n: int, masks_per_forward:
         model(input_ids=torch.tensor([ids[:8]]))
 
     rss_before = reset_peak()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if method == "naive":
         values, interactions = naive_interactions(model, ids, owner, n, target, len(encoded.input_ids), baseline,
                                                   masks_per_forward)
@@ -161,12 +161,13 @@ def worker(model_name: str, layout: str, method: str, n: int, masks_per_forward:
         values, interactions = result.values, result.interactions
         token_forwards = result.stats["token_forwards"]
         extra = {"rows_per_forward": result.stats["rows_per_forward"], "forwards": result.stats["forwards"]}
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     peak = peak_rss() - rss_before
     return {"model": model_name, "layout": layout, "method": method, "n": n, "masks": 1 << n,
             "prompt_tokens": len(encoded.input_ids), "target_tokens": len(target), "sequence": len(ids),
             "tail_tokens": tail, "player_words": [encoded.words[p[0]] for p in players],
             "masks_per_forward": masks_per_forward, "seconds": seconds, "masks_per_second": (1 << n) / seconds,
+            "cpu_seconds": cpu_seconds, "load_average_1min": os.getloadavg()[0],
             "token_forwards": token_forwards, "peak_working_bytes": peak,
             "values": values.tolist(), "interactions": interactions.tolist(), **extra}
 
@@ -220,6 +221,7 @@ def main() -> int:
                 run.pop("values"), run.pop("interactions")
             rows.append({"model": model_name, "layout": layout, "n": args.n, "naive": naive, "engine": engine,
                          "throughput_ratio": engine["masks_per_second"] / naive["masks_per_second"],
+                         "cpu_time_ratio": naive["cpu_seconds"] / engine["cpu_seconds"],
                          "token_forward_ratio": naive["token_forwards"] / engine["token_forwards"],
                          "memory_ratio": engine["peak_working_bytes"] / max(naive["peak_working_bytes"], 1),
                          "max_abs_diff_values": v_err, "max_abs_diff_interactions": i_err})
