@@ -80,19 +80,19 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few steps of everything, to check the set-up")
     p.add_argument("--teacher", default="smollm2")
-    p.add_argument("--student", default="layers:8", help="student recipe (default: 8 of the 30 teacher layers)")
+    p.add_argument("--student", default="layers:12", help="student recipe (default: 12 of the 30 teacher layers)")
     p.add_argument("--methods", default="sft,kd,gkd,distillm")
     p.add_argument("--cip-methods", default="kd,gkd", help="methods also run with CIP")
     p.add_argument("--cip", type=float, default=1.0, help="CIP weight of the +cip runs (0: no CIP runs)")
     p.add_argument("--cip-m", type=int, default=3)
     p.add_argument("--cip-batch-share", type=float, default=0.5, help="share of each batch CIP is computed on")
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--max-length", type=int, default=160)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--eval-size", type=int, default=24)
-    p.add_argument("--interaction-prompts", type=int, default=6)
+    p.add_argument("--interaction-prompts", type=int, default=8)
     p.add_argument("--n-players", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default=None, help="comma-separated run names to do (default: all)")
@@ -100,6 +100,8 @@ def parse_args(argv=None):
                    help="torch CPU threads (0: torch's default, one per core; 1 is much faster on a busy machine)")
     p.add_argument("--work-dir", default=None, help="where runs are kept (default: $KDI_FAST_CACHE/experiment_kd)")
     p.add_argument("--results", default=str(RESULTS), help="where the JSON/CSV/MD/PNG results go")
+    p.add_argument("--name", default=None,
+                   help="file prefix of the results and folder of the runs (default experiment_kd[_quick])")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.eval_size, args.interaction_prompts, args.n_players = 2, 4, 1, 4
@@ -118,10 +120,9 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    work = Path(args.work_dir) if args.work_dir else cache_dir() / ("experiment_kd_quick" if args.quick else
-                                                                  "experiment_kd")
+    tag = args.name or ("experiment_kd_quick" if args.quick else "experiment_kd")
+    work = Path(args.work_dir) if args.work_dir else cache_dir() / tag
     results_dir = Path(args.results)
-    tag = "experiment_kd_quick" if args.quick else "experiment_kd"
     started = time.perf_counter()
 
     teacher = load_model(args.teacher)
@@ -193,7 +194,7 @@ def write_results(rows, train, held_out, args, total, results_dir: Path, tag: st
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "compute_seconds": round(compute, 1),  # training + evaluation of every run, summed over restarts
         "wall_seconds_this_invocation": round(total, 1), "quick": args.quick,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("results", "work_dir", "only", "threads")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("results", "work_dir", "only", "threads", "name")},
         "train_examples": len(train), "held_out_examples": len(held_out),
         "teacher": rows[0]["_teacher"] if rows else None, "student_before": rows[0]["_before"] if rows else None,
         "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
