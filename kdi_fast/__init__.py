@@ -16,6 +16,7 @@ _LAZY = {
     "compare_models": "metrics.comparison",
     **dict.fromkeys(("compute_interactions", "InteractionResult"), "engine"),
     "write_report": "report",
+    **dict.fromkeys(("CIP", "KDLoss", "kd_loss", "HiddenStateL2"), "losses"),
 }
 __all__ += list(_LAZY)
 

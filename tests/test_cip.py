@@ -96,7 +96,9 @@ def test_cip_value_and_gradient_match_the_reference(case):
     loss = cip(model, batch, outputs, step=3)
     records = cip.interactions(model, batch, step=3)
     assert [r.index for r in records] == [0, 1, 2]
-    for r, n_words in zip(records, (5, 7, 4)):
+    # with attention masking the last prompt token (it predicts y*_1) is never a player
+    drop = case.get("masking") == "attention"
+    for r, n_words in zip(records, (5 - drop, 7 - drop, 4 - drop)):
         assert sorted(itertools.chain.from_iterable(r.players)) == list(range(n_words))
         if n_words <= case.get("exact_up_to", case["m"]):
             assert r.players == [[w] for w in range(n_words)]

@@ -20,8 +20,10 @@ order_threshold=0.5 keeps only unions of 3 or 4 groups.
 
 Masking: "embedding" (default) replaces a masked token's input embedding by a baseline vector ("pad", "unk",
 an int token id: that token's embedding, which is the same as "token" masking; "zeros"; "mean": the mean
-embedding); "attention" hides masked tokens from attention instead. The LM head runs only at the target
-positions (kdi_fast.ops.target_logprobs), and the masked sequences are cut after their last target.
+embedding); "attention" hides masked tokens from attention instead (then, as in the engine, the word holding
+the last prompt token is never a player: that position predicts y*_1 and its own embedding would stay in the
+residual stream). The LM head runs only at the target positions (kdi_fast.ops.target_logprobs), and the
+masked sequences are cut after their last target.
 """
 
 from __future__ import annotations
@@ -185,6 +187,11 @@ class CIP(nn.Module):
             if player_mask is not None:
                 prompt &= player_mask[b].bool()
             word_of_token = _groups.word_ids(input_ids[b], self.tokenizer, player_mask=prompt)
+            if self.masking == "attention":  # the last prompt token predicts y*_1: its word stays visible
+                last = int(word_of_token[positions[0] - 1])
+                if last >= 0:
+                    word_of_token = torch.where(word_of_token == last, -1, word_of_token)
+                    word_of_token = torch.where(word_of_token > last, word_of_token - 1, word_of_token)
             n_words = int(word_of_token.max()) + 1 if word_of_token.numel() else 0
             if n_words < 2:  # one word: no complex interaction
                 continue
