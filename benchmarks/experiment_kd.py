@@ -10,7 +10,7 @@ ROUGE-L against the references, agreement with the teacher.
 Part 2 (seed 001's studies, method kd): teacher-logit noise sigma in {0, 1, 2, 5} at T = 1, and temperature
 T in {1, 2, 5} without noise, with agreement and fidelity beside ROUGE-L.
 
-    python benchmarks/experiment_kd.py            # the full experiment (about an hour on a 2-core CPU)
+    python benchmarks/experiment_kd.py            # the full experiment (35 min on the shared 2-core CPU)
     python benchmarks/experiment_kd.py --quick    # a few steps of everything (minutes), to check the set-up
 
 Results: benchmarks/results/experiment_kd.json (every number), experiment_kd.csv, experiment_kd.md (the
