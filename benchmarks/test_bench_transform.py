@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import kdi_fast
-from bench_transform import InPlace, moebius_matrix, numpy_butterfly_, shapiq_moebius
+from bench_transform import Alternating, InPlace, moebius_matrix, numpy_butterfly_, shapiq_moebius
 from kdi_fast.reference import butterfly_
 
 CASES = [(1, 12), (64, 12), (1, 16), (64, 16), (1, 20), (16, 20), (1, 24)]  # (batch, n)
@@ -47,7 +47,7 @@ def test_numpy(benchmark, case):
     if batch << n > SLOW_LIMIT:
         pytest.skip("numpy butterfly above 2^26 values: minutes per case")
     a = x.numpy().copy()
-    benchmark(numpy_butterfly_, a, n)
+    benchmark(Alternating(lambda sign: numpy_butterfly_(a, n, sign)))
 
 
 def test_torch(benchmark, case):
@@ -55,7 +55,7 @@ def test_torch(benchmark, case):
     if batch << n > SLOW_LIMIT:
         pytest.skip("torch butterfly above 2^26 values: minutes per case")
     t = x.clone()
-    benchmark(butterfly_, t, n, -1, False)
+    benchmark(Alternating(lambda sign: butterfly_(t, n, sign, False)))
 
 
 def test_dense(benchmark, case):

@@ -94,8 +94,9 @@ def test_batches_around_block_boundaries(dtype, rows):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_thread_counts_give_identical_results(dtype):
     g = torch.Generator().manual_seed(2)
-    # one row (threads split its chunks and sweep columns) and several rows (threads split the rows)
-    for rows, n in [(1, 13), (1, 16), (1, 18), (1, 20), (1, 22), (3, 15), (3, 19), (7, 12), (2, 21)]:
+    # one row (threads split its chunks and sweep columns) and several rows (threads split the rows); all at
+    # least 2^17 values, the smallest input that uses more than one thread
+    for rows, n in [(1, 17), (1, 18), (1, 20), (1, 22), (5, 15), (3, 19), (40, 12), (2, 21)]:
         x = torch.randn(rows, 1 << n, dtype=dtype, generator=g)
         one = run_cpp(x, -1, False, 1)
         for threads in (2, 3, 0):  # 0: the OpenMP default

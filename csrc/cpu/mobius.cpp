@@ -30,7 +30,9 @@ namespace {
 constexpr int64_t kChunkBytes = int64_t{4} << 20;  // pass 0's chunks: a share of L3 (n=24 float: 20 bits)
 constexpr int64_t kL1Bytes = int64_t{16} << 10;
 constexpr int64_t kSweepColumns = 4096;  // the columns of a sweep are split between threads in ranges this long
-constexpr int64_t kParallelMinValues = int64_t{1} << 15;  // below this, forking threads costs more than it saves
+// Below this many values (~0.1 ms on one core) the calling thread works alone: a second thread saves little, and
+// on a busy machine a team waits a whole scheduler tick (4-12 ms measured) whenever one member is preempted.
+constexpr int64_t kParallelMinValues = int64_t{1} << 17;
 
 // ------------------------------------------------------------------------------ instruction set dispatch
 
