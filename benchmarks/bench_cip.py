@@ -1,6 +1,7 @@
 """Benchmark of the CIP loss: what one training step costs with and without it, against the passes it needs.
 
     python benchmarks/bench_cip.py [--quick] [--repeats N] [--only tiny-gpt2|smollm2-student] [--device cpu|cuda]
+                                   [--threads N] [--output STEM]
 
 A training step here is forward + loss + backward (the optimizer step is the same with and without CIP).
 Per model and m in (3, 4), on GSM-style problems (reasoning-gym; question = prompt, " " + answer = y*):
@@ -11,9 +12,10 @@ Per model and m in (3, 4), on GSM-style problems (reasoning-gym; question = prom
               (token masking, the model's own call with its full LM head, sum of the target log-probs)
   anchor_lean the same with the LM head only at the target positions (decoder + kdi_fast target_logprobs)
 The CIP cost is time(kd+cip) - time(kd); the target of issue 5 is cost <= 1.2 x anchor. Configurations are
-timed interleaved (one of each per round) and the median of the rounds is kept. On CPU the clock is the
-process's CPU time (the 2-core machine is shared with other jobs, which disturbs wall time far more); wall
-times are recorded too. On CUDA the clock is wall time. Models: a tiny GPT-2 (2 layers, width 64, SmolLM2's vocabulary; teacher 4 layers, width 128)
+timed interleaved, one of each per round, and the ratios are paired: per round, that round's CIP cost over
+that round's anchor; the median over the rounds is reported with its quartiles (other jobs share this
+machine and its load drifts over minutes, which pairing within a round cancels). On CPU the clock is the
+process's CPU time (less disturbed than wall time; wall times are in the JSON too); on CUDA, wall time. Models: a tiny GPT-2 (2 layers, width 64, SmolLM2's vocabulary; teacher 4 layers, width 128)
 and a student of SmolLM2-135M-Instruct keeping 8 of its 30 layers (teacher: the full model).
 
 Writes benchmarks/results/cip.json and cip.csv (atomically), with the machine.
@@ -154,31 +156,42 @@ def run_setup(name: str, student, teacher, tokenizer, batch_size: int, repeats: 
     for _ in range(repeats):
         for key, fn in configs.items():
             times[key].append(timed(fn, device))
-    # on a CPU shared with other jobs the process's CPU time is the steadier clock; on a GPU, wall time
-    clock = 1 if device == "cpu" else 0
-    med = {key: statistics.median(t[clock] for t in values) for key, values in times.items()}
-    wall = {key: statistics.median(t[0] for t in values) for key, values in times.items()}
+    return summarise(name, batch_size, int(batch["input_ids"].shape[1]), times, device)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return q1, q2, q3
+
+
+def summarise(name: str, batch_size: int, seq_len: int, times: dict, device: str) -> list[dict]:
+    """Per m: the median time of each configuration, and the paired ratios: per round, the CIP cost
+    (kd+cip - kd) over each anchor of the same round; their median and quartiles over the rounds."""
+    clock = 1 if device == "cpu" else 0  # the process's CPU time on a shared CPU; wall time on a GPU
+    median = {key: statistics.median(t[clock] for t in values) for key, values in times.items()}
     rows = []
     for m in (3, 4):
-        cost = med[f"kd+cip m={m}"] - med["kd"]
+        kd, cip = times["kd"], times[f"kd+cip m={m}"]
+        cost = [c[clock] - k[clock] for c, k in zip(cip, kd)]
+        over_anchor = [x / a[clock] for x, a in zip(cost, times[f"anchor m={m}"])]
+        over_lean = [x / a[clock] for x, a in zip(cost, times[f"anchor_lean m={m}"])]
+        qa, ql = _quartiles(over_anchor), _quartiles(over_lean)
         rows.append({
-            "model": name, "m": m, "batch": batch_size, "seq_len": int(batch["input_ids"].shape[1]),
+            "model": name, "m": m, "batch": batch_size, "seq_len": seq_len,
             "masked_sequences": (1 << m) * batch_size, "clock": "cpu" if clock else "wall",
-            "kd_s": med["kd"], "kd_cip_s": med[f"kd+cip m={m}"], "cip_cost_s": cost,
-            "anchor_s": med[f"anchor m={m}"], "anchor_lean_s": med[f"anchor_lean m={m}"],
-            "cost_over_anchor": cost / med[f"anchor m={m}"],
-            "cost_over_anchor_lean": cost / med[f"anchor_lean m={m}"],
-            "kd_cip_over_kd": med[f"kd+cip m={m}"] / med["kd"],
-            "wall_cost_over_anchor": (wall[f"kd+cip m={m}"] - wall["kd"]) / wall[f"anchor m={m}"],
-            "wall_cost_over_anchor_lean": (wall[f"kd+cip m={m}"] - wall["kd"]) / wall[f"anchor_lean m={m}"],
-            "meets_target": cost <= TARGET_RATIO * med[f"anchor m={m}"],
+            "kd_s": median["kd"], "kd_cip_s": median[f"kd+cip m={m}"], "cip_cost_s": statistics.median(cost),
+            "anchor_s": median[f"anchor m={m}"], "anchor_lean_s": median[f"anchor_lean m={m}"],
+            "cost_over_anchor": qa[1], "cost_over_anchor_q1": qa[0], "cost_over_anchor_q3": qa[2],
+            "cost_over_anchor_lean": ql[1], "cost_over_anchor_lean_q1": ql[0], "cost_over_anchor_lean_q3": ql[2],
+            "meets_target": qa[1] <= TARGET_RATIO,
             "rounds_wall_cpu": {key: times[key] for key in ("kd", f"kd+cip m={m}", f"anchor m={m}",
                                                              f"anchor_lean m={m}")},
         })
         r = rows[-1]
-        print(f"{name:16s} m={m} ({r['clock']} s): kd {r['kd_s']:.3f}  kd+cip {r['kd_cip_s']:.3f}  cost {cost:.3f}  "
-              f"anchor {r['anchor_s']:.3f} ({r['cost_over_anchor']:.2f}x)  anchor_lean {r['anchor_lean_s']:.3f} "
-              f"({r['cost_over_anchor_lean']:.2f}x)", flush=True)
+        print(f"{name:16s} m={m} ({r['clock']} s, medians): kd {r['kd_s']:.3f}  kd+cip {r['kd_cip_s']:.3f}  "
+              f"anchor {r['anchor_s']:.3f}  anchor_lean {r['anchor_lean_s']:.3f}  cost/anchor "
+              f"{qa[1]:.2f} [{qa[0]:.2f}, {qa[2]:.2f}]  cost/anchor_lean {ql[1]:.2f} [{ql[0]:.2f}, {ql[2]:.2f}]",
+              flush=True)
     return rows
 
 
@@ -193,12 +206,15 @@ def write_atomically(path: Path, data: bytes) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny GPT-2 only, 3 rounds")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration (default 7)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per configuration (default 9)")
     parser.add_argument("--only", choices=["tiny-gpt2", "smollm2-student"], default=None)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output", default=None, help="results stem (default: benchmarks/results/cip)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 9)
     device = args.device
     torch.manual_seed(0)
     tokenizer = load_tokenizer("smollm2")
