@@ -117,7 +117,7 @@ def compute_interactions(
     like: results of another model (e.g. the teacher) on the same prompts: their y*, players and masking are
     reused, so the values compare mask by mask; the tokenizers must be the same.
     eps: the clamp of p in v = log(p / (1 - p)). path: "auto" | "prefix_tree" | "flat" (see scheduler).
-    max_batch_tokens: at most this many token positions per decoder forward (default 4096 on CPU, 65536 on GPU;
+    max_batch_tokens: at most this many token positions per decoder forward (default 2048 on CPU, 65536 on GPU;
     the memory budget may lower it).
     max_order: opt-in: evaluate only the masks of at most max_order players (the subsets kdi_fast.subsets(n, k));
     the interactions of those subsets are still exact (I_S needs v on the subsets of S only). Allows more than

@@ -126,8 +126,8 @@ def prefix_tree_attention(module, query: Tensor, key: Tensor, value: Tensor, att
     layer = getattr(module, "layer_idx", None)
     if layer is None:
         raise Unsupported("an attention module without layer_idx")
-    if state._store is not None:
-        state._store.keys[layer] = (key, value)
+    if state._store is not None:  # compact copies when they are views of a bigger buffer (GPT-2's fused qkv)
+        state._store.keys[layer] = (_own_storage(key), _own_storage(value))
     keys, values = [], []
     rows = query.shape[0]
     for stored, index in state._ancestors:
@@ -150,6 +150,13 @@ def prefix_tree_attention(module, query: Tensor, key: Tensor, value: Tensor, att
     out = F.scaled_dot_product_attention(query, key_all, value_all, attn_mask=state._mask, scale=scaling,
                                          **({"enable_gqa": True} if groups > 1 else {}))
     return out.transpose(1, 2).contiguous(), None
+
+
+def _own_storage(x: Tensor) -> Tensor:
+    """x itself, or a contiguous copy when x is a view that keeps a larger buffer alive."""
+    if x.untyped_storage().nbytes() > x.numel() * x.element_size():
+        return x.contiguous() if not x.is_contiguous() else x.clone()
+    return x
 
 
 def register() -> None:
