@@ -27,4 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # bad input: one line, no traceback
+        print(f"kdi {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -82,14 +82,6 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"kdi compare: error: {err}", file=sys.stderr)
-        return 2
-
-
 def parse_ks(text: str) -> list[float]:
     """'0.05,0.1' -> [0.05, 0.1]; every k must lie in (0, 1]."""
     try:
@@ -196,7 +188,7 @@ def _generate(model, tokenizer, records, max_new_tokens: int, chat_template: boo
     return texts
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.runner import load_results, run_interactions

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -55,11 +54,6 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _error(message: str) -> int:
-    print(f"kdi distill: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _data(args) -> tuple[list, list]:
     from ..distill.datasets import load_examples, parse_builtin
 
@@ -84,26 +78,20 @@ def run(args) -> int:
     from ..distill.evaluate import EvalSettings, evaluate_run
     from ..models import load_model, load_tokenizer
 
-    try:
-        if args.eval_size < 1:
-            raise ValueError(f"--eval-size must be positive, got {args.eval_size}")
-        config = DistillConfig(
-            method=args.method, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            temperature=args.temperature, teacher_noise=args.teacher_noise, max_length=args.max_length,
-            max_new_tokens=args.max_new_tokens, seed=args.seed, cip_weight=args.cip, cip_m=args.cip_m,
-            checkpoint_every=args.checkpoint_every)
-        train, held_out = _data(args)
-        teacher = load_model(args.teacher, device=args.device)
-        tokenizer = load_tokenizer(args.teacher)
-        student = build_student(teacher, args.student, seed=args.seed)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        return _error(str(err))
+    if args.eval_size < 1:
+        raise ValueError(f"--eval-size must be positive, got {args.eval_size}")
+    config = DistillConfig(
+        method=args.method, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        temperature=args.temperature, teacher_noise=args.teacher_noise, max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, cip_weight=args.cip, cip_m=args.cip_m,
+        checkpoint_every=args.checkpoint_every)
+    train, held_out = _data(args)
+    teacher = load_model(args.teacher, device=args.device)
+    tokenizer = load_tokenizer(args.teacher)
+    student = build_student(teacher, args.student, seed=args.seed)
     out = Path(args.out)
-    try:
-        result = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:16],
-                         seqkd_cache=args.seqkd_cache, progress=not args.no_progress)
-    except ValueError as err:
-        return _error(str(err))
+    result = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:16],
+                     seqkd_cache=args.seqkd_cache, progress=not args.no_progress)
     print(f"distilled with {args.method}: {result.steps} steps in {result.seconds:.0f} s, loss "
           f"{result.first_loss:.4g} -> {result.last_loss:.4g}; student saved to {out / 'student'}")
     if args.no_eval:

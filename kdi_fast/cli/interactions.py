@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from pathlib import Path
 
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -60,14 +59,6 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"kdi interactions: error: {err}", file=sys.stderr)
-        return 2
-
-
 def parse_players(spec: str | None) -> list | None:
     """'auto' -> None; '0,2,5' -> [0, 2, 5]; '0+1,3' -> [[0, 1], [3]] (groups of word indices)."""
     if spec is None or spec.strip().lower() in ("", "auto"):
@@ -104,7 +95,7 @@ def parse_baseline(text: str) -> str | int:
     return token_id
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import load_prompts
