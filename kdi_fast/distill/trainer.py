@@ -333,15 +333,17 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
                 teacher_logits_cache[key] = _logits(teacher, batch)
         return teacher_logits_cache[key]
 
-    def loss_on(batch: dict, cacheable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The method's loss on a batch, and the student's logits (CIP reuses them for the full input)."""
+    def loss_on(batch: dict, cacheable: bool = False):
+        """The method's loss on a batch, and the student's outputs (CIP reuses their final hidden states for
+        the full input, which is cheaper in the backward than reusing the logits)."""
         from ..losses import kd_loss
 
-        student_logits = _logits(student, batch)
+        outputs = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                          output_hidden_states=cip is not None)
         teacher_logits = teacher_logits_of(batch, cacheable) if method.uses_teacher_logits else None
-        loss = kd_loss(student_logits, teacher_logits, batch["labels"], shift_labels=True,
+        loss = kd_loss(outputs.logits, teacher_logits, batch["labels"], shift_labels=True,
                        generator=noise_generator, **config.loss_options()).mean()
-        return loss, student_logits
+        return loss, outputs
 
     def sgo_probability() -> float:
         if method.responses == "student_share":
@@ -380,13 +382,13 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
                         buffer.add(items)
                 sgo_batches += 1
             batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-            kd_term, student_logits = loss_on(batch, cacheable=source == "data")
+            kd_term, outputs = loss_on(batch, cacheable=source == "data")
             loss = kd_term
             cip_term = None
             if cip is not None:
-                cip_term = cip(student, batch, student_logits, step=step)
+                cip_term = cip(student, batch, outputs, step=step)
                 loss = loss + cip_term
-            del student_logits
+            del outputs
             loss.backward()
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm)
