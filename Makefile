@@ -11,7 +11,10 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench experiment wheel clean
 
-$(VENV)/.installed: setup.py pyproject.toml CMakeLists.txt
+CSRC := $(shell find csrc -type f 2>/dev/null)
+
+# Rebuilt when the build files or the C++/CUDA sources change (the Python code is installed editable).
+$(VENV)/.installed: setup.py pyproject.toml CMakeLists.txt $(CSRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS) "setuptools>=69" wheel pybind11 cmake ninja numpy

@@ -28,39 +28,23 @@ import csv
 import io
 import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from kdi_fast import _backend
+from _common import machine, results_dir, write_text_atomic
 from kdi_fast.data import load_gsm_symbolic
 from kdi_fast.engine import forward as engine_forward
 from kdi_fast.losses import CIP, kd_loss
 from kdi_fast.models import load_model, load_tokenizer, student_from_teacher, tiny_causal_lm
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 1.2
 
 
-def machine(device: str) -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
-            "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "build": _backend.build_info(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 def make_batch(tokenizer, size: int, device: str) -> dict:
@@ -195,12 +179,6 @@ def summarise(name: str, batch_size: int, seq_len: int, times: dict, device: str
     return rows
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,16 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         teacher = load_model("smollm2", device=device)
         student = student_from_teacher(teacher, 8)
         rows += run_setup("smollm2-student", student, teacher, tokenizer, 2, repeats, device)
-    stem = Path(args.output) if args.output else RESULTS / "cip"
+    stem = Path(args.output) if args.output else results_dir(args.quick) / "cip"
     report = {"benchmark": "cip", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(device), "repeats": repeats, "target_ratio": TARGET_RATIO, "rows": rows}
-    write_atomically(stem.with_suffix(".json"), json.dumps(report, indent=2).encode())
+              "machine": {**machine(), "device": device, "load_average": os.getloadavg()}, "repeats": repeats, "target_ratio": TARGET_RATIO, "rows": rows}
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(report, indent=2))
     buffer = io.StringIO()
     fields = [k for k in rows[0] if k != "rounds_wall_cpu"] if rows else []
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(stem.with_suffix(".csv"), buffer.getvalue().encode())
+    write_text_atomic(stem.with_suffix(".csv"), buffer.getvalue())
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.csv')}")
     return 0 if all(r["meets_target"] for r in rows) else 1
 

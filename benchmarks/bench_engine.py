@@ -14,7 +14,7 @@ during the run minus its resident memory before it (weights loaded, one warm-up 
 /proc/self/status (VmHWM, reset through /proc/self/clear_refs).
 
     python benchmarks/bench_engine.py                      # n=10, GPT-2-small shape and SmolLM2-135M
-    python benchmarks/bench_engine.py --n 6 --models gpt2  # quick
+    python benchmarks/bench_engine.py --quick              # n=6, GPT-2 shape, spread: a minute
 
 Writes benchmarks/results/engine.json and engine.csv; prints a Markdown table for the README.
 """
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import machine, results_dir, write_text_atomic
 PROMPT = ("Maria runs a small bakery in town. Every morning she bakes 48 croissants and 36 muffins. She sells "
           "croissants for 3 dollars each and muffins for 2 dollars each. On Monday she sold all croissants "
           "and half the muffins. How much did she make?")  # 65 SmolLM2 tokens
@@ -186,14 +186,6 @@ def run_worker(args, model_name, layout, method) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> int:
@@ -202,12 +194,15 @@ def main() -> int:
     parser.add_argument("--models", default="gpt2,smollm2")
     parser.add_argument("--layouts", default="spread,start")
     parser.add_argument("--masks-per-forward", type=int, default=32)
-    parser.add_argument("--out", default=str(RESULTS / "engine.json"))
+    parser.add_argument("--quick", action="store_true", help="n=6, GPT-2 shape, spread players only")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/engine.json (results/quick/ with --quick)")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "LAYOUT", "METHOD"))
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.n, args.masks_per_forward)))
         return 0
+    if args.quick:
+        args.n, args.models, args.layouts = 6, "gpt2", "spread"
 
     rows = []
     load_before = os.getloadavg()[0]
@@ -231,22 +226,18 @@ def main() -> int:
                   f"mem {rows[-1]['memory_ratio']:.3f} | max|dv| {v_err:.1e}", flush=True)
     report = {"machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
               "prompt": PROMPT, "target": TARGET, "masks_per_forward": args.masks_per_forward, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
-    with open(out.with_suffix(".csv.tmp"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "layout", "n", "method", "masks_per_second", "seconds", "token_forwards",
-                         "peak_working_MiB"])
-        for row in rows:
-            for method in ("naive", "engine"):
-                r = row[method]
-                writer.writerow([row["model"], row["layout"], row["n"], method, f"{r['masks_per_second']:.2f}",
-                                 f"{r['seconds']:.2f}", r["token_forwards"],
-                                 f"{r['peak_working_bytes'] / 2**20:.1f}"])
-    os.replace(out.with_suffix(".csv.tmp"), out.with_suffix(".csv"))
+    out = Path(args.out) if args.out else results_dir(args.quick) / "engine.json"
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["model", "layout", "n", "method", "masks_per_second", "seconds", "token_forwards",
+                     "peak_working_MiB"])
+    for row in rows:
+        for method in ("naive", "engine"):
+            r = row[method]
+            writer.writerow([row["model"], row["layout"], row["n"], method, f"{r['masks_per_second']:.2f}",
+                             f"{r['seconds']:.2f}", r["token_forwards"], f"{r['peak_working_bytes'] / 2**20:.1f}"])
+    write_text_atomic(out.with_suffix(".csv"), table.getvalue())
     print()
     print(markdown_table(report))
     return 0

@@ -23,8 +23,6 @@ import argparse
 import csv
 import io
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,8 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdi_fast import reference  # noqa: E402
 from kdi_fast.ops import masked_embeddings, mobius, target_logprobs  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import machine, results_dir, write_text_atomic  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -137,23 +134,8 @@ def bench_mobius_cuda(device: torch.device, repeats: int) -> list[dict]:
     return out
 
 
-def machine() -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     rows += bench_masked_embeddings(device, 256 if args.quick else 1024, repeats)
     if device.type == "cuda":
         rows += bench_mobius_cuda(device, repeats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args.quick)
     result = {"machine": machine(), "device": str(device), "quick": args.quick, "rows": rows}
-    write_atomically(RESULTS / "kernels.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "kernels.json", json.dumps(result, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(RESULTS / "kernels.csv", buf.getvalue())
+    write_text_atomic(out / "kernels.csv", buf.getvalue())
     print(f"{'op':<18} {'method':<10} {'shape':<34} {'ms':>9} {'peak MiB':>9}")
     for r in rows:
         peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"

@@ -23,10 +23,8 @@ import csv
 import io
 import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,10 +33,11 @@ import numpy as np
 import torch
 
 import kdi_fast
+from _common import machine, results_dir, write_text_atomic
 from kdi_fast import _backend
+from kdi_fast._io import atomic_write
 from kdi_fast.reference import butterfly_
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MAX_VALUES = 1 << 28       # cap on batch * 2^n
 MAX_SLOW_VALUES = 1 << 26  # numpy / torch butterflies above this would take minutes over the grid
 MAX_DENSE_N = 13           # the 2^n x 2^n matrix: 256 MiB in float32 at n = 13
@@ -151,25 +150,18 @@ class InPlace:
 # ----------------------------------------------------------------------------------------------- the run
 
 
-def machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+
+
+def versions() -> dict:
+    """numpy's and shapiq's versions (the anchors)."""
+    found = {"numpy": np.__version__}
     try:
         import shapiq
 
-        versions["shapiq"] = shapiq.__version__
+        found["shapiq"] = shapiq.__version__
     except ImportError:
         pass
-    return {"cpu": model, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(), "build": _backend.build_info(), "versions": versions,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return found
 
 
 def grid(quick: bool) -> list[tuple[int, int]]:
@@ -281,12 +273,6 @@ def run_targets(quick: bool, shapiq_records: list[dict], log) -> list[dict]:
 # ----------------------------------------------------------------------------------------------- output
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -313,17 +299,15 @@ def plot(records: list[dict], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-    write_atomically(path, buf.getvalue())
 
 
 def markdown(result: dict) -> str:
     """The README tables: the targets, and a compact timing table (milliseconds, medians)."""
     m = result["machine"]
     lines = [f"Measured {result['started'][:10]} on {m['cpu']} ({m['logical_cores']} cores, {m['platform']}), "
-             f"torch {m['versions']['torch']} with {m['torch_threads']} threads, kdi_fast C++ kernels "
+             f"torch {m['torch']} with {m['torch_threads']} threads, kdi_fast C++ kernels "
              f"{m['build'].get('simd')} + OpenMP; load average {result['load_average_before'][0]:.2f} before, "
              f"{result['load_average_after'][0]:.2f} after.", "",
              "| target | measured | met |", "| --- | ---: | :---: |"]
@@ -354,8 +338,10 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small grid (about a minute), for a smoke test")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for transform.json/.csv/.png")
+    parser.add_argument("--out", type=Path, default=None, help="folder for transform.json/.csv/.png "
+                        "(default benchmarks/results, or results/quick with --quick)")
     args = parser.parse_args(argv)
+    args.out = args.out or results_dir(args.quick)
     if _backend.choose("mobius", torch.device("cpu")) != "cpp":
         print("kdi_fast._C is not built: the cpp backend is missing (pip install -e .)", file=sys.stderr)
         return 1
@@ -371,15 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     shapiq_records = run_shapiq(args.quick, log)
     targets = run_targets(args.quick, shapiq_records, log)
     records += shapiq_records
-    result = {"benchmark": "transform", "quick": args.quick, "started": started, "machine": machine(),
+    result = {"benchmark": "transform", "quick": args.quick, "started": started, "machine": {**machine(), "versions": versions()},
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "targets": targets,
               "skipped": skipped, "records": records}
-    write_atomically(args.out / "transform.json", json.dumps(result, indent=1).encode())
+    write_text_atomic(args.out / "transform.json", json.dumps(result, indent=1))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(records[0]))
     writer.writeheader()
     writer.writerows(records)
-    write_atomically(args.out / "transform.csv", table.getvalue().encode())
+    write_text_atomic(args.out / "transform.csv", table.getvalue())
     plot(records, args.out / "transform.png")
     log(f"wrote {args.out / 'transform.json'}, .csv and .png (load {os.getloadavg()[0]:.2f} at the end)\n")
     log(markdown(result))

@@ -28,16 +28,16 @@ import io
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # kdi_fast from a checkout; _common
 
-RESULTS = ROOT / "benchmarks" / "results"
+from _common import RESULTS, cpu_name, write_text_atomic  # noqa: E402
+from kdi_fast._io import atomic_write  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,6 @@ def run_specs(methods: list[str], cip_methods: list[str], cip_weight: float) -> 
     for t in (2.0, 5.0):  # T = 1 is the plain kd run
         specs.append(RunSpec(f"kd-T{t:g}", "kd", temperature=t, part="temperature"))
     return specs
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(x, digits=3, percent=False) -> str:
@@ -171,7 +164,7 @@ def main(argv=None) -> int:
             summary = evaluate_run(teacher, before, student.eval(), tokenizer, held_out, out, run_settings,
                                    cache=cache)
             summary["eval_seconds"] = round(time.perf_counter() - t0, 1)
-            _write_atomic(summary_path, json.dumps(summary, indent=2))
+            write_text_atomic(summary_path, json.dumps(summary, indent=2))
             for name in ("teacher", "student_before"):
                 if not (shared / name / "outputs.json").is_file():
                     save_model_eval(cache[name], shared / name)
@@ -190,7 +183,7 @@ def write_results(rows, train, held_out, args, total, results_dir: Path, tag: st
 
     compute = sum(r["train_seconds"] + (r.get("eval_seconds") or 0.0) for r in rows)
     report = {
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, no GPU",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, no GPU",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "compute_seconds": round(compute, 1),  # training + evaluation of every run, summed over restarts
         "wall_seconds_this_invocation": round(total, 1), "quick": args.quick,
@@ -200,9 +193,9 @@ def write_results(rows, train, held_out, args, total, results_dir: Path, tag: st
         "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
     }
     results_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(results_dir / f"{tag}.json", json.dumps(report, indent=2))
+    write_text_atomic(results_dir / f"{tag}.json", json.dumps(report, indent=2))
     _write_csv(report, results_dir / f"{tag}.csv")
-    _write_atomic(results_dir / f"{tag}.md", markdown(report))
+    write_text_atomic(results_dir / f"{tag}.md", markdown(report))
     plot(report, results_dir, tag)
     print(markdown(report), flush=True)
     print(f"{len(rows)} runs in {total / 60:.1f} min; results in {results_dir}/{tag}.*", flush=True)
@@ -223,7 +216,7 @@ def _write_csv(report: dict, path: Path) -> None:
         spec = r["run"]
         writer.writerow([spec["name"], spec["method"], spec["cip"], spec["temperature"], spec["noise"],
                          *[r.get(c, "") for c in COLUMNS], r["train_seconds"]])
-    _write_atomic(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
 
 
 def markdown(report: dict) -> str:
@@ -292,7 +285,7 @@ def plot(report: dict, folder: Path, tag: str) -> None:
             ax.legend(fontsize=8)
             ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(folder / f"{tag}_interactions.png", dpi=110)
+        atomic_write(folder / f"{tag}_interactions.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
     kd = next((r for r in report["runs"] if r["run"]["name"] == "kd"), None)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -316,18 +309,8 @@ def plot(report: dict, folder: Path, tag: str) -> None:
     axes[1].set_title("kd: temperature")
     fig.tight_layout()
     if drawn:
-        fig.savefig(folder / f"{tag}_noise_temperature.png", dpi=110)
+        atomic_write(folder / f"{tag}_noise_temperature.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _nan(x) -> float:

@@ -92,7 +92,7 @@ def usable(backend: str, device: torch.device) -> tuple[bool, str]:
             return True, ""
         if device.type == "cpu" and triton_interpreting():
             return True, ""
-        return False, f"triton needs a CUDA tensor, or TRITON_INTERPRET=1 (set before import) for CPU tensors"
+        return False, "triton needs a CUDA tensor, or TRITON_INTERPRET=1 (set before import) for CPU tensors"
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["PromptRecord", "BUILTIN_PROMPTS", "load_prompts", "load_gsm_symbolic", "records_digest"]
+__all__ = ["PromptRecord", "BUILTIN_PROMPTS", "load_prompts", "load_gsm_symbolic", "records_digest", "jsonl_objects"]
 
 BUILTIN_PROMPTS = "builtin"  # the name that selects the packaged prompt set
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -91,9 +92,9 @@ def _parse_text(text: str) -> list[PromptRecord]:
     return records
 
 
-def _parse_jsonl(text: str, source: str) -> list[PromptRecord]:
-    records: list[PromptRecord] = []
-    seen: dict[str, int] = {}
+def jsonl_objects(text: str, source: str, expected: str) -> Iterator[tuple[int, str, dict]]:
+    """(line number, "SOURCE, line N", object) for each non-blank line of a JSONL text; a line that is not a JSON
+    object raises a ValueError naming the line (expected: what an object should hold, for the message)."""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -103,7 +104,14 @@ def _parse_jsonl(text: str, source: str) -> list[PromptRecord]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object like {{\"prompt\": \"...\"}}, got {type(obj).__name__}")
+            raise ValueError(f"{where}: expected a JSON object with {expected}, got {type(obj).__name__}")
+        yield lineno, where, obj
+
+
+def _parse_jsonl(text: str, source: str) -> list[PromptRecord]:
+    records: list[PromptRecord] = []
+    seen: dict[str, int] = {}
+    for lineno, where, obj in jsonl_objects(text, source, 'a "prompt"'):
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{where}: missing or empty \"prompt\" (each line needs a non-empty string \"prompt\")")

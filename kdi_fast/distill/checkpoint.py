@@ -13,22 +13,20 @@ from pathlib import Path
 
 import torch
 
+from .._io import atomic_write
+
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """torch.save(state) to `path` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path) -> dict | None:

@@ -20,7 +20,6 @@ response tokens are followed by the end-of-turn token, and only those are traine
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ..data import jsonl_objects
 
 __all__ = ["Example", "INSTRUCT_TASKS", "load_examples", "parse_builtin", "answer_extractor", "normalised_text",
            "TokenizedExample", "tokenize_examples", "collate", "prompt_batch"]
@@ -101,16 +102,7 @@ def _instruct(size: int, seed: int) -> list[Example]:
 
 def _read_jsonl(path: Path) -> list[Example]:
     examples = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object with a prompt and a response")
+    for lineno, where, obj in jsonl_objects(path.read_text(encoding="utf-8"), str(path), "a prompt and a response"):
         prompt = next((obj[k] for k in _PROMPT_KEYS if k in obj), None)
         response = next((obj[k] for k in _RESPONSE_KEYS if k in obj), None)
         if not isinstance(prompt, str) or not prompt.strip():

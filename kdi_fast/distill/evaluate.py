@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
+from .._io import write_json_atomic, write_text_atomic
 from .datasets import Example, answer_extractor, end_of_turn_id, tokenize_prompts
 from .generation import generate_responses
 
@@ -132,10 +132,7 @@ def _finite_or_none(obj):
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_finite_or_none(obj), indent=2, default=str, allow_nan=False))
-    os.replace(tmp, path)
+    write_json_atomic(path, _finite_or_none(obj), default=str, allow_nan=False)
 
 
 def _save_interactions(evaluation: ModelEval, folder: Path) -> None:
@@ -218,14 +215,12 @@ def evaluate_run(teacher: nn.Module, student_before: nn.Module, student_after: n
         summary["models"][evaluation.name] = scores
         if evaluation.interactions:
             _save_interactions(evaluation, out / "interactions" / evaluation.name)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".outputs.jsonl.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        for j, example in enumerate(examples):
-            row = {"id": example.id, "prompt": example.prompt, "reference": example.response}
-            row.update({e.name: e.outputs[j] for e in evals})
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "outputs.jsonl")
+    lines = []
+    for j, example in enumerate(examples):
+        row = {"id": example.id, "prompt": example.prompt, "reference": example.response}
+        row.update({e.name: e.outputs[j] for e in evals})
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "outputs.jsonl", "".join(lines))
     if all(e.interactions for e in evals):
         summary["report"] = _write_report(evals, out / "report", settings, extractor)
     summary = _finite_or_none(summary)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .._io import write_json_atomic
 from .datasets import prompt_batch
 
 __all__ = ["generate_responses", "cached_teacher_responses"]
@@ -78,9 +78,6 @@ def cached_teacher_responses(teacher, prompts: Sequence[Sequence[int]], path: st
             return [tuple(r) for r in stored["responses"]], True
     responses = generate_responses(teacher, prompts, pad_id=pad_id, eot_id=eot_id, max_new_tokens=max_new_tokens,
                                    sample=False, batch_size=batch_size, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "max_new_tokens": max_new_tokens,
-                               "responses": [list(r) for r in responses]}))
-    os.replace(tmp, path)
+    write_json_atomic(path, {"key": key, "max_new_tokens": max_new_tokens,
+                             "responses": [list(r) for r in responses]}, indent=None)
     return responses, False

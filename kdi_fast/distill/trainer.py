@@ -35,6 +35,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import Example, TokenizedExample, collate, end_of_turn_id, tokenize_examples
+from .._io import write_json_atomic, write_text_atomic
 from .generation import cached_teacher_responses, generate_responses
 from .methods import get_method
 from .replay import AdaptiveSGOSchedule, ReplayBuffer
@@ -173,9 +174,7 @@ def _load_weights(model: nn.Module, folder: Path) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, default=str)
 
 
 def _batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> tuple[list[int], dict]:
@@ -302,9 +301,7 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
         step, elapsed, sgo_batches = state["step"], state["seconds"], state["sgo_batches"]
         if log_path.is_file():  # drop lines of steps done after the checkpoint: they will be redone
             kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            tmp = log_path.with_name(f".{log_path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, log_path)
+            write_text_atomic(log_path, "".join(line + "\n" for line in kept))
     else:
         torch.manual_seed(config.seed)
         step, elapsed, sgo_batches = 0, 0.0, 0

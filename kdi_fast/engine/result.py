@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from .._io import atomic_write
 
 _FORMAT = "kdi_fast.InteractionResult/1"
 _JSON_FIELDS = ("prompt", "words", "players", "player_texts", "target_text", "model_name", "settings",
@@ -102,14 +102,8 @@ class InteractionResult:
         tensors = {"values": self.values.detach().double().cpu().contiguous(),
                    "interactions": self.interactions.detach().double().cpu().contiguous(),
                    "target_ids": torch.tensor(self.target_ids, dtype=torch.int64)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": _FORMAT, "json": json.dumps(meta, ensure_ascii=False)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: save_file(
+            tensors, str(tmp), metadata={"format": _FORMAT, "json": json.dumps(meta, ensure_ascii=False)}))
         return path
 
     @classmethod

@@ -16,13 +16,12 @@ prompts r, r + world_size, ...; every rank writes its own files, rank 0 writes t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._io import write_json_atomic
 from ..data import PromptRecord, records_digest
 
 if TYPE_CHECKING:
@@ -108,7 +107,7 @@ def run_interactions(
         for pattern in (f".*{RESULT_SUFFIX}.*.tmp", f".{MANIFEST}.*.tmp", f".{SUMMARY}.*.tmp"):
             for stale in out_dir.glob(pattern):  # temp files of a run killed while writing
                 stale.unlink(missing_ok=True)
-        _write_json_atomic(out_dir / MANIFEST, manifest)
+        write_json_atomic(out_dir / MANIFEST, manifest)
     if dist is not None:
         dist.barrier()
 
@@ -147,7 +146,7 @@ def run_interactions(
     if rank == 0:
         entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected]
         max_err = max(e["matching_error"] for e in entries)
-        _write_json_atomic(summary_path, {
+        write_json_atomic(summary_path, {
             "manifest": manifest, "prompts": len(selected), "computed": len(all_computed), "skipped": total_skipped,
             "world_size": world_size, "seconds": elapsed, "max_matching_error": max_err, "results": entries})
     if dist is not None:
@@ -290,19 +289,6 @@ def _summary_entry(out_dir: Path, record: PromptRecord, computed: dict | None) -
         "computed_by_rank": computed["rank"] if computed else None,
         "seconds": computed["seconds"] if computed else None,
     }
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temporary file in the same directory, then rename it over `path` (never half-written)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _progress_bar(total: int, rank: int, world_size: int, enabled: bool):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..metrics.comparison import Comparison, json_ready
 from . import plots
-from .files import atomic_write
+from .._io import write_json_atomic, write_text_atomic
 from .markdown import render_markdown
 
 __all__ = ["ReportFiles", "write_report", "write_csv", "write_json"]
@@ -34,13 +33,9 @@ class ReportFiles:
     figures: dict[str, Path]
 
 
-def _write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
-
-
 def write_json(obj, path: str | Path) -> Path:
     """JSON (indented, UTF-8; NaN is not allowed: Comparison.summary already holds None for it)."""
-    return _write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    return write_json_atomic(path, obj, allow_nan=False)
 
 
 def write_csv(rows: list[Mapping], path: str | Path) -> Path:
@@ -53,7 +48,7 @@ def write_csv(rows: list[Mapping], path: str | Path) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return _write_text(Path(path), buffer.getvalue())
+    return write_text_atomic(Path(path), buffer.getvalue())
 
 
 def write_report(
@@ -87,5 +82,5 @@ def write_report(
     images = {k: p.relative_to(out).as_posix() for k, p in figures.items()}
     text = render_markdown(comparison, images, title=title, run_info=run_info,
                            csv_name=csv_path.name, json_name=summary_path.name)
-    report = _write_text(out / "report.md", text)
+    report = write_text_atomic(out / "report.md", text)
     return ReportFiles(report=report, summary=summary_path, csv=csv_path, figures=figures)

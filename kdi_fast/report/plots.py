@@ -10,7 +10,7 @@ import numpy as np
 
 from ..metrics.comparison import Comparison, overlap_column
 from ..metrics.interaction import normalise, top_interactions
-from .files import atomic_write
+from .._io import atomic_write
 from .labels import player_names, subset_label
 
 __all__ = [

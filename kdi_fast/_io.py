@@ -1,14 +1,15 @@
-"""Atomic file writes for the report: a temporary file in the target's directory, renamed over the target,
-so a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a temporary file in the target's directory, renamed over the target, so a reader (or a
+resumed run) sees the old file or the new one, never half of one. Every file kdi_fast writes goes through here."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic"]
 
 
 def _file_mode() -> int:
@@ -32,3 +33,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8, newlines as given) to `path` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
+
+
+def write_json_atomic(path: str | Path, obj, **dumps) -> Path:
+    """json.dumps(obj, indent=2, ensure_ascii=False, **dumps) + newline, written to `path` atomically."""
+    return write_text_atomic(path, json.dumps(obj, **{"indent": 2, "ensure_ascii": False, **dumps}) + "\n")
