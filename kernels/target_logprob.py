@@ -49,7 +49,7 @@ def _lse_target_kernel(logits_ptr, bias_ptr, targets_ptr, logprob_ptr, lse_ptr, 
 @triton.jit
 def _grad_logits_kernel(logits_ptr, bias_ptr, targets_ptr, lse_ptr, grad_ptr, N, V,
                         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr,
-                        OUT_BF16: tl.constexpr):
+                        ROUND_BF16: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_in = rows < N
@@ -63,15 +63,15 @@ def _grad_logits_kernel(logits_ptr, bias_ptr, targets_ptr, lse_ptr, grad_ptr, N,
     target = tl.load(targets_ptr + rows, mask=row_in, other=-1)
     onehot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
     grad = g[:, None] * (onehot - tl.exp(z - lse[:, None]))
-    if OUT_BF16:
+    if ROUND_BF16:  # the interpreter's cast truncates; a GPU's rounds to nearest even by itself
         grad = _round_to_bf16(grad)
     tl.store(logits_ptr + offsets, grad.to(logits_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
 def _round_to_bf16(x):
-    """fp32 -> bf16, rounded to nearest even in integer arithmetic (finite values). A GPU's own cast rounds the same
-    way; the interpreter's truncates, which doubled the gradients' bf16 error in the CPU tests."""
+    """fp32 -> bf16, rounded to nearest even in integer arithmetic (finite values): what a GPU's cast does, for the
+    interpreter, whose cast truncates (which doubled the gradients' bf16 error in the CPU tests)."""
     bits = x.to(tl.uint32, bitcast=True)
     bits += 0x7FFF + ((bits >> 16) & 1)
     return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
@@ -130,7 +130,8 @@ def grad_logits_(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
     with _device(logits):
         _grad_logits_kernel[(triton.cdiv(C, block_n), triton.cdiv(V, block_v))](
             logits, bias if bias is not None else logits, targets, lse, grad, C, V, HAS_BIAS=bias is not None,
-            BLOCK_N=block_n, BLOCK_V=block_v, ACC=_acc(logits.dtype)[0], OUT_BF16=logits.dtype == torch.bfloat16,
+            BLOCK_N=block_n, BLOCK_V=block_v, ACC=_acc(logits.dtype)[0],
+            ROUND_BF16=logits.dtype == torch.bfloat16 and interpreting(),
             num_warps=warps)
     release_interpreter_copies()
     return logits

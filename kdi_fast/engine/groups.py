@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .players import split_words
+from .players import words_of_tokens
 
 
 class TokenTable:
@@ -82,27 +82,8 @@ def token_table(tokenizer) -> TokenTable:
 def _words_of_run(table: TokenTable, ids: list[int]) -> tuple[list[int], list[str]]:
     """Word index per token (-1: none) and the word texts, for a run of player tokens (engine rules)."""
     text, spans = table.spans(ids)
-    words = split_words(text)
-    hits_of_token = []
-    for a, b in spans:
-        hits, w = [], 0
-        while w < len(words) and words[w][0] < b:
-            if words[w][1] > a and b > a:
-                hits.append(w)
-            w += 1
-        hits_of_token.append(hits)
-    join = [False] * len(words)
-    for hits in hits_of_token:
-        for w in hits[:-1]:
-            join[w] = True
-    merged_of_raw, merged = [], []
-    for w, (a, b) in enumerate(words):
-        if w > 0 and join[w - 1]:
-            merged[-1][1] = b
-        else:
-            merged.append([a, b])
-        merged_of_raw.append(len(merged) - 1)
-    return [merged_of_raw[h[0]] if h else -1 for h in hits_of_token], [text[a:b] for a, b in merged]
+    word_of_token, word_spans = words_of_tokens(text, spans)
+    return word_of_token, [text[a:b] for a, b in word_spans]
 
 
 def _word_ids_and_texts(token_ids, tokenizer, player_mask) -> tuple[Tensor, list[str]]:

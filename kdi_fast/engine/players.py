@@ -23,6 +23,7 @@ import bisect
 import math
 import numbers
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_PLAYERS = 16
@@ -71,6 +72,40 @@ def split_words(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _WORD.finditer(text)]
 
 
+def words_of_tokens(text: str, offsets: Sequence[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """(word index per token, word spans): the words of `text` (split_words), with words that share a token merged
+    into one, and for each token (character span [a, b) in `text`) the word it belongs to, or -1 when it covers no
+    word character (spaces, special tokens, spans outside the text)."""
+    spans = split_words(text)
+    starts = [s for s, _ in spans]
+    # Which raw words each token overlaps (spans are sorted and disjoint).
+    token_words: list[list[int]] = []
+    for a, b in offsets:
+        if b <= a or b <= 0 or a >= len(text):
+            token_words.append([])
+            continue
+        hits, w = [], max(bisect.bisect_right(starts, a) - 1, 0)
+        while w < len(spans) and spans[w][0] < b:
+            if spans[w][1] > a:
+                hits.append(w)
+            w += 1
+        token_words.append(hits)
+    # Merge raw words that share a token: join[w] links raw word w with w + 1 (hits are consecutive words).
+    join = [False] * len(spans)
+    for hits in token_words:
+        for w in hits[:-1]:
+            join[w] = True
+    merged_of_raw, merged_spans = [], []
+    for w, (start, end) in enumerate(spans):
+        if w > 0 and join[w - 1]:
+            merged_spans[-1][1] = end
+        else:
+            merged_spans.append([start, end])
+        merged_of_raw.append(len(merged_spans) - 1)
+    word_of_token = [merged_of_raw[hits[0]] if hits else -1 for hits in token_words]
+    return word_of_token, [(start, end) for start, end in merged_spans]
+
+
 def encode_prompt(tokenizer, prompt: str, *, chat_template: bool = False) -> EncodedPrompt:
     """Tokenize `prompt` (as a user message of the chat template when asked) and map tokens to words."""
     if not isinstance(prompt, str):
@@ -96,36 +131,9 @@ def encode_prompt(tokenizer, prompt: str, *, chat_template: bool = False) -> Enc
     ids = list(encoding["input_ids"])
     offsets = [(a - shift, b - shift) for a, b in encoding["offset_mapping"]]
 
-    spans = split_words(prompt)
-    starts = [s for s, _ in spans]
-    # Which raw words each token overlaps (spans are sorted and disjoint).
-    token_words: list[list[int]] = []
-    for a, b in offsets:
-        if b <= a or b <= 0 or a >= len(prompt):
-            token_words.append([])
-            continue
-        hits, w = [], max(bisect.bisect_right(starts, a) - 1, 0)
-        while w < len(spans) and spans[w][0] < b:
-            if spans[w][1] > a:
-                hits.append(w)
-            w += 1
-        token_words.append(hits)
-    # Merge raw words that share a token: join[w] links raw word w with w + 1 (hits are consecutive words).
-    join = [False] * len(spans)
-    for hits in token_words:
-        for w in hits[:-1]:
-            join[w] = True
-    merged_of_raw, merged_spans = [], []
-    for w, (start, end) in enumerate(spans):
-        if w > 0 and join[w - 1]:
-            merged_spans[-1][1] = end
-        else:
-            merged_spans.append([start, end])
-        merged_of_raw.append(len(merged_spans) - 1)
-    word_of_token = tuple(merged_of_raw[hits[0]] if hits else -1 for hits in token_words)
-    word_spans = tuple((s, e) for s, e in merged_spans)
+    word_of_token, word_spans = words_of_tokens(prompt, offsets)
     return EncodedPrompt(prompt=prompt, input_ids=tuple(ids), words=tuple(prompt[s:e] for s, e in word_spans),
-                         word_spans=word_spans, word_of_token=word_of_token)
+                         word_spans=tuple(word_spans), word_of_token=tuple(word_of_token))
 
 
 def is_punctuation(word: str) -> bool:
