@@ -42,7 +42,7 @@ _ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
-def test_second_run_is_refused_and_a_killed_holder_is_taken_over(tmp_path, model_dir):
+def test_second_run_is_refused_and_a_killed_holder_is_taken_over(tmp_path, model_dir, capsys):
     out = tmp_path / "out"
     first = subprocess.Popen(_kdi(*_argv(model_dir, out)), env=_ENV, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
@@ -64,11 +64,10 @@ def test_second_run_is_refused_and_a_killed_holder_is_taken_over(tmp_path, model
     assert f"pid {first.pid}" in err[0] and socket.gethostname() in err[0] and str(out) in err[0]
 
     # The killed run left its lock file behind; a rerun on this host takes it over and resumes.
-    assert (out / LOCK_NAME).exists()
-    rerun = subprocess.run(_kdi(*_argv(model_dir, out, "--limit", "1")), env=_ENV, capture_output=True,
-                           text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "1 prompts: 0 computed, 1 already done" in rerun.stdout
+    assert f'"pid": {first.pid}' in (out / LOCK_NAME).read_text()
+    with pytest.warns(UserWarning, match=f"taking over the lock of pid {first.pid}"):
+        assert main(_argv(model_dir, out, "--limit", "1")) == 0
+    assert "1 prompts: 0 computed, 1 already done" in capsys.readouterr().out
     assert not (out / LOCK_NAME).exists()  # released at the end
 
 
@@ -90,6 +89,30 @@ def test_stale_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, model
     out.mkdir()
     (out / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
                                              "command": "kdi interactions", "started": "2026-01-01T00:00:00"}))
-    assert main(_argv(model_dir, out, "--limit", "1")) == 0
+    with pytest.warns(UserWarning, match=f"taking over the lock of pid {dead.pid} on host"):
+        assert main(_argv(model_dir, out, "--limit", "1")) == 0
     assert "1 prompts: 1 computed" in capsys.readouterr().out
     assert not (out / LOCK_NAME).exists()
+
+
+def test_lock_is_reentrant_in_a_process_and_refused_to_another(tmp_path):
+    """The CLI and the runner both take the lock in one process; a second process is refused while it is held,
+    and the directory the lock created is removed when nothing was written into it."""
+    from kdi_fast._lock import OutputLocked, output_lock
+
+    out = tmp_path / "new" / "out"
+    probe = ("import sys; from kdi_fast._lock import output_lock\n"
+             "try:\n    output_lock(sys.argv[1], command='probe').__enter__()\n"
+             "except ValueError as e:\n    print(e); sys.exit(3)\n")
+    with output_lock(out, command="outer") as lock:
+        with output_lock(out, command="inner"):
+            assert json.loads(lock.read_text())["command"] == "outer"
+        assert lock.exists()  # still held by the outer block
+        other = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 3 and f"pid {os.getpid()} on host {socket.gethostname()}" in other.stdout
+    assert not lock.exists() and not out.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="--out .*file/sub: a file is in the way") as caught:
+        with output_lock(tmp_path / "file" / "sub", command="x"):
+            pass
+    assert not isinstance(caught.value, OutputLocked)

@@ -189,6 +189,13 @@ def _generate(model, tokenizer, records, max_new_tokens: int, chat_template: boo
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._lock import output_lock
+
+    with output_lock(args.out, command="kdi compare"):  # one run at a time in --out
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.runner import load_results, run_interactions

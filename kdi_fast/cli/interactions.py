@@ -98,6 +98,7 @@ def parse_baseline(text: str) -> str | int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .._lock import output_lock
     from ..data import load_prompts
     from ..engine.runner import run_interactions
     from ..models import DEFAULT_MODEL, load_model, load_tokenizer
@@ -125,16 +126,17 @@ def run(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()
     dist = _init_distributed(args.device)
     try:
-        device = _device(args.device)
-        torch.manual_seed(args.seed)
-        tokenizer = _load_tokenizer(args.tokenizer or args.model, load_tokenizer)
-        model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
-        summary = run_interactions(
-            model, tokenizer, records, out_dir, model_name=model_name, players=players, n_players=args.n,
-            max_target_tokens=args.target_tokens, masking=args.masking, baseline=baseline,
-            chat_template=args.chat_template, memory_budget=memory_budget, like_dir=args.like,
-            limit=args.limit, overwrite=args.overwrite, progress=not args.quiet,
-            extra_settings={"seed": args.seed})
+        with output_lock(out_dir, command="kdi interactions"):  # before the model loads: fail fast
+            device = _device(args.device)
+            torch.manual_seed(args.seed)
+            tokenizer = _load_tokenizer(args.tokenizer or args.model, load_tokenizer)
+            model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+            summary = run_interactions(
+                model, tokenizer, records, out_dir, model_name=model_name, players=players, n_players=args.n,
+                max_target_tokens=args.target_tokens, masking=args.masking, baseline=baseline,
+                chat_template=args.chat_template, memory_budget=memory_budget, like_dir=args.like,
+                limit=args.limit, overwrite=args.overwrite, progress=not args.quiet,
+                extra_settings={"seed": args.seed})
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     finally:
         if dist is not None and dist.is_initialized():

@@ -9,6 +9,9 @@ Resume: a prompt whose result file loads is skipped, so a killed run restarts wh
 lost (files appear whole or not at all) and nothing is computed twice. Restarting with other settings, another
 model or other data is an error unless overwrite=True (then every prompt is computed again).
 
+One run at a time: the run holds out_dir/.kdi.lock (kdi_fast._lock.output_lock); another run on the same
+directory is refused with the holder's pid and host.
+
 Data parallel: when torch.distributed is initialised (torchrun; gloo on CPU, nccl on GPU), rank r takes the
 prompts r, r + world_size, ...; every rank writes its own files, rank 0 writes the manifest and the summary.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import write_json_atomic
+from .._lock import output_lock
 from ..data import PromptRecord, records_digest
 
 if TYPE_CHECKING:
@@ -92,67 +96,70 @@ def run_interactions(
     dist, rank, world_size = _distributed()
     like_dir = Path(like_dir).resolve() if like_dir is not None else None
 
-    manifest = _manifest(model, model_name, records, like_dir, dict(
-        players=players, n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
-        baseline=baseline, chat_template=chat_template, **(extra_settings or {})))
-    _check_manifest(out_dir, manifest, overwrite)  # every rank checks, so every rank fails alike
-    if like_dir is not None:
-        missing = [r.id for r in selected if not result_path(like_dir, r.id).exists()]
-        if missing:
-            raise ValueError(f"like_dir {like_dir}: no result for {len(missing)} prompt(s) ({', '.join(missing[:5])}"
-                             f"{', ...' if len(missing) > 5 else ''}); run the reference model on the same data first")
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / SUMMARY).unlink(missing_ok=True)  # a summary exists only for a finished run
-        for pattern in (f".*{RESULT_SUFFIX}.*.tmp", f".{MANIFEST}.*.tmp", f".{SUMMARY}.*.tmp"):
-            for stale in out_dir.glob(pattern):  # temp files of a run killed while writing
-                stale.unlink(missing_ok=True)
-        write_json_atomic(out_dir / MANIFEST, manifest)
-    if dist is not None:
-        dist.barrier()
+    with output_lock(out_dir, command="kdi interactions"):  # one run at a time in out_dir
+        manifest = _manifest(model, model_name, records, like_dir, dict(
+            players=players, n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
+            baseline=baseline, chat_template=chat_template, **(extra_settings or {})))
+        _check_manifest(out_dir, manifest, overwrite)  # every rank checks, so every rank fails alike
+        if like_dir is not None:
+            missing = [r.id for r in selected if not result_path(like_dir, r.id).exists()]
+            if missing:
+                raise ValueError(f"like_dir {like_dir}: no result for {len(missing)} prompt(s) "
+                                 f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run the "
+                                 f"reference model on the same data first")
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / SUMMARY).unlink(missing_ok=True)  # a summary exists only for a finished run
+            for pattern in (f".*{RESULT_SUFFIX}.*.tmp", f".{MANIFEST}.*.tmp", f".{SUMMARY}.*.tmp"):
+                for stale in out_dir.glob(pattern):  # temp files of a run killed while writing
+                    stale.unlink(missing_ok=True)
+            write_json_atomic(out_dir / MANIFEST, manifest)
+        if dist is not None:
+            dist.barrier()
 
-    mine = selected[rank::world_size]
-    started = time.perf_counter()
-    computed: dict[str, dict] = {}  # id -> {"rank", "seconds"} for the prompts computed in this run
-    skipped = 0
-    bar = _progress_bar(len(mine), rank, world_size, enabled=progress and rank == 0)
-    try:
-        for record in mine:
-            path = result_path(out_dir, record.id)
-            if not overwrite and _complete(path, record):
-                skipped += 1
-            else:
-                t0 = time.perf_counter()
-                result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir, dict(
-                    n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
-                    baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
-                result.save(path)
-                computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
-            bar.set_postfix(computed=len(computed), skipped=skipped, refresh=False)
-            bar.update(1)
-    finally:
-        bar.close()
+        mine = selected[rank::world_size]
+        started = time.perf_counter()
+        computed: dict[str, dict] = {}  # id -> {"rank", "seconds"} for the prompts computed in this run
+        skipped = 0
+        bar = _progress_bar(len(mine), rank, world_size, enabled=progress and rank == 0)
+        try:
+            for record in mine:
+                path = result_path(out_dir, record.id)
+                if not overwrite and _complete(path, record):
+                    skipped += 1
+                else:
+                    t0 = time.perf_counter()
+                    result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir, dict(
+                        n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
+                        baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
+                    result.save(path)
+                    computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
+                bar.set_postfix(computed=len(computed), skipped=skipped, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
 
-    if dist is not None:  # rank 0 learns what every rank did, then writes the summary
-        gathered: list = [None] * world_size
-        dist.all_gather_object(gathered, (computed, skipped))
-    else:
-        gathered = [(computed, skipped)]
-    all_computed = {k: v for c, _ in gathered for k, v in c.items()}
-    total_skipped = sum(k for _, k in gathered)
-    elapsed = time.perf_counter() - started
-    summary_path = out_dir / SUMMARY
-    max_err = float("nan")
-    if rank == 0:
-        entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected]
-        max_err = max(e["matching_error"] for e in entries)
-        write_json_atomic(summary_path, {
-            "manifest": manifest, "prompts": len(selected), "computed": len(all_computed), "skipped": total_skipped,
-            "world_size": world_size, "seconds": elapsed, "max_matching_error": max_err, "results": entries})
-    if dist is not None:
-        dist.barrier()  # nobody reads the summary before it is whole
-    return RunSummary(out_dir=out_dir, summary_path=summary_path, prompts=len(selected),
-                      computed=len(all_computed), skipped=total_skipped, seconds=elapsed, max_matching_error=max_err)
+        if dist is not None:  # rank 0 learns what every rank did, then writes the summary
+            gathered: list = [None] * world_size
+            dist.all_gather_object(gathered, (computed, skipped))
+        else:
+            gathered = [(computed, skipped)]
+        all_computed = {k: v for c, _ in gathered for k, v in c.items()}
+        total_skipped = sum(k for _, k in gathered)
+        elapsed = time.perf_counter() - started
+        summary_path = out_dir / SUMMARY
+        max_err = float("nan")
+        if rank == 0:
+            entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected]
+            max_err = max(e["matching_error"] for e in entries)
+            write_json_atomic(summary_path, {
+                "manifest": manifest, "prompts": len(selected), "computed": len(all_computed), "skipped": total_skipped,
+                "world_size": world_size, "seconds": elapsed, "max_matching_error": max_err, "results": entries})
+        if dist is not None:
+            dist.barrier()  # nobody reads the summary before it is whole
+        return RunSummary(out_dir=out_dir, summary_path=summary_path, prompts=len(selected),
+                          computed=len(all_computed), skipped=total_skipped, seconds=elapsed,
+                          max_matching_error=max_err)
 
 
 def load_results(out_dir: str | Path) -> dict[str, "InteractionResult"]:
