@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..engine.masking import MASKINGS
+
 DEFAULT_PROMPT_IDS = (
     "green-hand", "doctor-visit", "moon-orbits", "key-lock", "not-happy", "week-days", "clock-hours", "thank-you",
 )
@@ -60,7 +62,7 @@ def register(subparsers) -> None:
                    help="final-answer extractor for agreement: number (the last number: math answers), word (the "
                         "first word: short completions) or number-or-word (the last number if there is one, else "
                         "the first word). Default: word for the built-in prompts (short completions), else number")
-    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
                    help="how absent players are masked (default embedding)")
     p.add_argument("--baseline", default="pad", help="pad, unk, zeros, mean or a token id (default pad)")
     p.add_argument("--chat-template", action="store_true",

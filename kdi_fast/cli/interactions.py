@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from ..engine.masking import BASELINES, MASKINGS
+
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*")
 
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
                         "'0,2,5', or groups joined by '+': '0+1,3,5+6'")
     p.add_argument("--target-tokens", type=int, default=16,
                    help="length L of the greedy target y* when a prompt has no \"target\" (default 16)")
-    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
                    help="how absent players are masked (default embedding: baseline-embedding replacement)")
     p.add_argument("--baseline", default="pad",
                    help="what replaces a masked word: pad, unk, zeros, mean or a token id (default pad)")
@@ -84,7 +86,7 @@ def parse_size(text: str | None) -> int | None:
 
 
 def parse_baseline(text: str) -> str | int:
-    if text in ("pad", "unk", "zeros", "mean"):
+    if text in BASELINES:
         return text
     try:
         token_id = int(text)
