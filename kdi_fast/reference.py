@@ -71,10 +71,13 @@ def logodds_from_mean_logprob(mean_logprob: Tensor, eps: float = 1e-7) -> Tensor
 
 def tokens_present(player_of_token: Tensor, masks: Tensor) -> Tensor:
     """Whether each token is present under each mask: player_of_token [T] (or [B, T]) int64, -1 for tokens that
-    are not players (always present); masks [M] (or [B, M]) int64, bit i set = player i present.
+    are not players (always present); masks [M] (or [B, M]) int64, bit i set = player i present, or (any number
+    of players, one prompt) a bool matrix [M, n], column i = player i present.
     Returns [M, T] bool (or [B, M, T]). The one definition used by every masking strategy and op."""
     is_player = player_of_token >= 0
     bit = player_of_token.clamp(min=0)
+    if masks.dtype == torch.bool:
+        return masks[:, bit] | ~is_player[None, :]
     return ((masks[..., :, None] >> bit[..., None, :]) & 1).bool() | ~is_player[..., None, :]
 
 

@@ -77,8 +77,9 @@ class Masking:
         return None
 
     def inputs(self, ids: Tensor, owner: Tensor, masks: Tensor, baseline, embeds: Tensor | None = None) -> dict:
-        """Decoder inputs of the tokens `ids` [T] (player `owner` [T], -1 for none) under each of `masks` [M]:
-        {"inputs_embeds": [M, T, H]} or {"input_ids": [M, T]}. embeds [T, H]: the input embeddings of ids."""
+        """Decoder inputs of the tokens `ids` [T] (player `owner` [T], -1 for none) under each of `masks` (int64
+        bit masks [M], or a bool matrix [M, n]): {"inputs_embeds": [M, T, H]} or {"input_ids": [M, T]}.
+        embeds [T, H]: the input embeddings of ids."""
         raise NotImplementedError
 
     def key_mask(self, owner: Tensor, masks: Tensor) -> Tensor | None:
@@ -96,8 +97,11 @@ class EmbeddingMasking(Masking):
         return baseline_embedding(model, tokenizer, baseline, differentiable=differentiable)
 
     def inputs(self, ids, owner, masks, baseline, embeds=None):
-        return {"inputs_embeds": ops.masked_embeddings(embeds, owner.to(embeds.device), masks.to(embeds.device),
-                                                       baseline)}
+        masks, owner = masks.to(embeds.device), owner.to(embeds.device)
+        if masks.dtype == torch.bool:  # a mask matrix [M, n] (any n): outside the fused op's 63 bits
+            kept = tokens_present(owner, masks)
+            return {"inputs_embeds": torch.where(kept[..., None], embeds[None], baseline.to(embeds.dtype))}
+        return {"inputs_embeds": ops.masked_embeddings(embeds, owner, masks, baseline)}
 
 
 class TokenMasking(Masking):
