@@ -193,12 +193,13 @@ def choose_players(encoded: EncodedPrompt, n: int, *, keep_last_token: bool = Fa
 
 
 def resolve_players(encoded: EncodedPrompt, spec, n_players: int, *, keep_last_token: bool = False,
-                    max_order: int | None = None) -> list[tuple[int, ...]]:
+                    max_order: int | None = None, all_masks: bool = True) -> list[tuple[int, ...]]:
     """Validate explicit players (word indices or groups of them), or choose them automatically (spec=None).
 
     Raises ValueError for an index out of range, a word used twice, an empty group, a word without tokens,
     more than MAX_MASKS masks to evaluate (more than MAX_PLAYERS players, unless max_order=k keeps only the
-    subsets of at most k players), and (keep_last_token) a player holding the last prompt token.
+    subsets of at most k players; all_masks=False: the caller evaluates a chosen set of masks, so any number of
+    players), and (keep_last_token) a player holding the last prompt token.
     """
     if spec is None:
         players = choose_players(encoded, n_players, keep_last_token=keep_last_token)
@@ -233,7 +234,9 @@ def resolve_players(encoded: EncodedPrompt, spec, n_players: int, *, keep_last_t
                 raise ValueError(f"word {w} ({encoded.words[w]!r}) has no tokens in the tokenized prompt (the "
                                  f"tokenizer drops it), so masking it changes nothing; choose other words")
     n = len(players)
-    if max_order is None or max_order >= n:
+    if not all_masks:
+        pass
+    elif max_order is None or max_order >= n:
         if n > MAX_PLAYERS:
             raise ValueError(
                 f"{n} players need 2^{n} = {1 << n:,} masked forwards per prompt; exact extraction supports at most "
