@@ -97,6 +97,7 @@ def run(args) -> int:
     from ..models import load_model, load_tokenizer
 
     from .._lock import output_lock
+    from ..distill.run import _process_group
 
     if args.eval_size < 1:
         raise ValueError(f"--eval-size must be positive, got {args.eval_size}")
@@ -114,6 +115,7 @@ def run(args) -> int:
         gradient_checkpointing=args.gradient_checkpointing, report_to=args.report_to, eval_every=args.eval_every,
         save_total_limit=args.save_total_limit, keep_checkpoint=args.keep_checkpoints)
     out = Path(args.out)
+    _process_group(args.device)
     with output_lock(out, command="kdi distill"):
         train, held_out = _data(args)
         teacher = load_model(args.teacher, device=args.device)

@@ -196,10 +196,19 @@ def distill(teacher: nn.Module, student: nn.Module, tokenizer, train_examples: S
         raise ValueError(f"teacher vocabulary {teacher.config.vocab_size} != student vocabulary "
                          f"{student.config.vocab_size}: distillation here needs a shared tokenizer")
     out = Path(out_dir)
+    _process_group(str(next(teacher.parameters()).device))
     with output_lock(out, command="kdi distill"):
         return _distill_locked(teacher, student, tokenizer, list(train_examples), out, config, method,
                                list(validation_examples or train_examples[:16])[:16], seqkd_cache,
                                teacher_logits_cache, progress, stop_after, overwrite)
+
+
+def _process_group(device: str):
+    """accelerate's process state (under torchrun / accelerate launch: the process group, gloo on CPU), set up
+    before the lock so that one lock is taken per launch."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device.startswith("cpu"))
 
 
 def _distill_locked(teacher, student, tokenizer, train_examples, out, config, method, validation_examples,

@@ -128,6 +128,11 @@ class DistillTrainer(Trainer):
         eval_dataset = ItemsDataset(self.validation_items) if config.eval_every and self.validation_items else None
         super().__init__(model=model, args=args, train_dataset=StreamDataset(train_items, total_positions, config.seed),
                          eval_dataset=eval_dataset, data_collator=_Collator(pad_id), processing_class=tokenizer)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        sharded = self.is_fsdp_enabled or (plugin is not None and getattr(plugin, "zero_stage", 0) == 3)
+        if sharded and self.method.on_policy:
+            raise ValueError(f"method {config.method!r} samples from the student, which needs its full parameters: "
+                             f"launch it with DDP or DeepSpeed ZeRO-2, not FSDP or ZeRO-3")
         self.teacher = teacher.to(self.args.device).eval()
         self.cip = cip
         self.teacher_logits_cache = teacher_logits_cache
