@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 
@@ -98,14 +97,18 @@ def run(args) -> int:
 
     from .._lock import output_lock
     from ..distill.run import _process_group
+    from .checks import check_model_dir, check_number, check_seed, parse_device
 
     if args.eval_size < 1:
         raise ValueError(f"--eval-size must be positive, got {args.eval_size}")
-    options = {"--cip": args.cip, "--lr": args.lr, "--temperature": args.temperature,
-               "--teacher-noise": args.teacher_noise, "--weight-decay": args.weight_decay}
-    for name, value in options.items():  # the one-line message names the option, not the config field
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value}")
+    check_number("--lr", args.lr, low=0, low_open=True)
+    check_number("--temperature", args.temperature, low=0, low_open=True)
+    for flag, value in (("--cip", args.cip), ("--teacher-noise", args.teacher_noise),
+                        ("--weight-decay", args.weight_decay)):
+        check_number(flag, value, low=0)
+    check_seed("--seed", args.seed)
+    device = parse_device("--device", args.device)
+    check_model_dir("--teacher", args.teacher)
     config = DistillConfig(
         method=args.method, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         temperature=args.temperature, teacher_noise=args.teacher_noise, max_length=args.max_length,
@@ -115,10 +118,10 @@ def run(args) -> int:
         gradient_checkpointing=args.gradient_checkpointing, report_to=args.report_to, eval_every=args.eval_every,
         save_total_limit=args.save_total_limit, keep_checkpoint=args.keep_checkpoints)
     out = Path(args.out)
-    _process_group(args.device)
+    _process_group(str(device))
     with output_lock(out, command="kdi distill"):
         train, held_out = _data(args)
-        teacher = load_model(args.teacher, device=args.device)
+        teacher = load_model(args.teacher, device=device)
         tokenizer = load_tokenizer(args.teacher)
         student = build_student(teacher, args.student, seed=args.seed)
         result = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:16],
@@ -139,7 +142,7 @@ def _report(args, out: Path, result, teacher, student, tokenizer, held_out) -> i
           f"{out / 'student'}")
     if args.no_eval:
         return 0
-    before = load_model(out / "student_before", device=args.device)
+    before = load_model(out / "student_before", device=next(student.parameters()).device)
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, interaction_prompts=args.interaction_prompts,
                             n_players=args.n_players, progress=not args.no_progress)
     summary = evaluate_run(teacher, before, student.eval(), tokenizer, held_out, out, settings)
