@@ -122,3 +122,20 @@ def test_a_bit_flipped_result_is_detected_and_recomputed(tmp_path, capsys, model
     rc, text = _run(capsys, models["a"], data, out)
     assert rc == 0 and "3 prompts: 1 computed, 2 already done" in text, text
     assert _files(out) == before
+
+
+def test_compare_reuses_a_cached_generation_only_for_the_same_weights(tmp_path, models):
+    from kdi_fast.cli.compare import _generate
+    from kdi_fast.data import PromptRecord
+    from kdi_fast.models import load_model, load_tokenizer
+
+    records = [PromptRecord(p["id"], p["prompt"]) for p in PROMPTS[:2]]
+    tok = load_tokenizer(models["a"])
+    a, b = load_model(models["a"]), load_model(models["b"])
+    cache = tmp_path / "generations.json"
+    _generate(a, tok, records, 4, False, cache, False, "a")
+    stored = json.loads(cache.read_text())
+    cache.write_text(json.dumps({k: {**v, "text": "from the cache"} for k, v in stored.items()}))
+    assert _generate(a, tok, records, 4, False, cache, False, "a") == ["from the cache"] * 2  # same weights
+    # other weights in the same cache (as a --teacher retrained in place would be): generated afresh
+    assert "from the cache" not in _generate(b, tok, records, 4, False, cache, False, "b")
