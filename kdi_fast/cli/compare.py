@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..engine.masking import MASKINGS
+
 DEFAULT_PROMPT_IDS = (
     "green-hand", "doctor-visit", "moon-orbits", "key-lock", "not-happy", "week-days", "clock-hours", "thank-you",
 )
@@ -60,7 +62,7 @@ def register(subparsers) -> None:
                    help="final-answer extractor for agreement: number (the last number: math answers), word (the "
                         "first word: short completions) or number-or-word (the last number if there is one, else "
                         "the first word). Default: word for the built-in prompts (short completions), else number")
-    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
                    help="how absent players are masked (default embedding)")
     p.add_argument("--baseline", default="pad", help="pad, unk, zeros, mean or a token id (default pad)")
     p.add_argument("--chat-template", action="store_true",
@@ -142,14 +144,6 @@ def _records(data: str | None, limit: int | None):
     return records[:limit] if limit is not None else records
 
 
-def _check_model_arg(spec: str, what: str) -> None:
-    from ..models import DEFAULT_MODEL
-
-    if parse_layers(spec) is None and spec.lower() not in (DEFAULT_MODEL, "default") and not Path(spec).is_dir():
-        raise FileNotFoundError(f"{what} {spec!r} is not a directory; give a Hugging Face model directory, "
-                                f"'{DEFAULT_MODEL}', or (students) layers:K")
-
-
 def _describe(model) -> str:
     params = sum(p.numel() for p in model.parameters())
     layers = getattr(model.config, "num_hidden_layers", "?")
@@ -201,9 +195,11 @@ def _run(args: argparse.Namespace) -> int:
     from ..engine.runner import load_results, run_interactions
     from ..data import BUILTIN_PROMPTS
     from ..metrics.comparison import compare_models
-    from ..models import load_model, load_tokenizer, student_from_teacher
+    from ..models import load_model, student_from_teacher
     from ..report import write_report
-    from .interactions import _device, parse_baseline, parse_size
+    from ..models import keep_layer_indices
+    from .checks import check_model_dir, check_number, check_seed, parse_device
+    from .interactions import load_tokenizer_arg, parse_baseline, parse_size
 
     started = time.perf_counter()
     # Everything cheap is checked before a model is loaded.
@@ -212,19 +208,18 @@ def _run(args: argparse.Namespace) -> int:
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     ks = parse_ks(args.ks)
-    if not 0 < args.k <= 1:
-        raise ValueError(f"--k must lie in (0, 1], got {args.k}")
-    if not 0 <= args.salient < 1:
-        raise ValueError(f"--salient is a fraction of the largest |I_S| in [0, 1), got {args.salient}")
+    check_number("--k", args.k, low=0, high=1, low_open=True)
+    check_number("--salient", args.salient, low=0, high=1, high_open=True)  # a fraction of the largest |I_S|
     if args.max_simple_order is not None and args.max_simple_order < 0:
         raise ValueError(f"--max-simple-order must be >= 0, got {args.max_simple_order}")
+    check_seed("--seed", args.seed)
     baseline = parse_baseline(args.baseline)
     memory_budget = parse_size(args.memory_budget)
     specs = list(args.student) if args.student else [DEFAULT_STUDENT]
-    _check_model_arg(args.teacher, "--teacher")
+    check_model_dir("--teacher", args.teacher)
     for spec in specs:
-        _check_model_arg(spec, "--student")
-        parse_layers(spec)
+        if parse_layers(spec) is None:
+            check_model_dir("--student", spec)
     labels = student_labels(specs)
     records = _records(args.data, args.limit)
     if not records:
@@ -239,10 +234,10 @@ def _run(args: argparse.Namespace) -> int:
 
         hf_logging.disable_progress_bar()
 
-    device = _device(args.device)
+    device = parse_device("--device", args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.tokenizer or args.teacher)
+    tokenizer = load_tokenizer_arg(args.tokenizer, args.teacher, "--teacher")
     settings = dict(n_players=args.n, max_target_tokens=args.target_tokens, masking=args.masking,
                     baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
                     overwrite=args.overwrite, progress=progress, extra_settings={"seed": args.seed})
@@ -257,6 +252,14 @@ def _run(args: argparse.Namespace) -> int:
     say(f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
     t0 = time.perf_counter()
     teacher = load_model(args.teacher, dtype=dtype, device=device)
+    for spec in specs:  # a student the teacher cannot give is refused before any computation
+        if parse_layers(spec) is not None:
+            try:
+                keep_layer_indices(teacher.config.num_hidden_layers, parse_layers(spec))
+            except ValueError:
+                raise ValueError(f"--student {spec}: the teacher has {teacher.config.num_hidden_layers} layers; "
+                                 f"give layers:K with 1 <= K <= {teacher.config.num_hidden_layers}, or increasing "
+                                 f"indices below {teacher.config.num_hidden_layers}") from None
     described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
     say(f"[teacher] interactions of {described['teacher']}")
     done = {"teacher": run_interactions(teacher, tokenizer, records, runs / "teacher",

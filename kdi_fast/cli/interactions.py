@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from ..engine.masking import BASELINES, MASKINGS
+
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*")
 
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
                         "'0,2,5', or groups joined by '+': '0+1,3,5+6'")
     p.add_argument("--target-tokens", type=int, default=16,
                    help="length L of the greedy target y* when a prompt has no \"target\" (default 16)")
-    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
                    help="how absent players are masked (default embedding: baseline-embedding replacement)")
     p.add_argument("--baseline", default="pad",
                    help="what replaces a masked word: pad, unk, zeros, mean or a token id (default pad)")
@@ -84,7 +86,7 @@ def parse_size(text: str | None) -> int | None:
 
 
 def parse_baseline(text: str) -> str | int:
-    if text in ("pad", "unk", "zeros", "mean"):
+    if text in BASELINES:
         return text
     try:
         token_id = int(text)
@@ -100,22 +102,23 @@ def run(args: argparse.Namespace) -> int:
 
     from .._lock import output_lock
     from ..data import load_prompts
+    from .checks import check_model_dir, check_seed, parse_device
     from ..engine.runner import run_interactions
-    from ..models import DEFAULT_MODEL, load_model, load_tokenizer
+    from ..models import DEFAULT_MODEL, load_model
 
     # Check everything cheap before loading a model.
     for name, value, low in (("--n", args.n, 1), ("--target-tokens", args.target_tokens, 1),
                              ("--limit", args.limit, 1)):
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
+    check_seed("--seed", args.seed)
     players = parse_players(args.players)
     baseline = parse_baseline(args.baseline)
     memory_budget = parse_size(args.memory_budget)
     records = load_prompts(args.data)
     is_default = str(args.model).lower() in (DEFAULT_MODEL, "default")
-    if not is_default and not Path(args.model).is_dir():
-        raise FileNotFoundError(f"--model {args.model!r} is not a directory; give a Hugging Face model directory "
-                                f"(saved with save_pretrained) or leave --model out for SmolLM2-135M-Instruct")
+    check_model_dir("--model", args.model)
+    device = parse_device("--device", args.device)
     model_name = DEFAULT_MODEL if is_default else str(Path(args.model).resolve())
     out_dir = Path(args.out) if args.out else Path("runs") / "interactions" / (
         DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
@@ -127,9 +130,8 @@ def run(args: argparse.Namespace) -> int:
     dist = _init_distributed(args.device)
     try:
         with output_lock(out_dir, command="kdi interactions"):  # before the model loads: fail fast
-            device = _device(args.device)
             torch.manual_seed(args.seed)
-            tokenizer = _load_tokenizer(args.tokenizer or args.model, load_tokenizer)
+            tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
             model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
             summary = run_interactions(
                 model, tokenizer, records, out_dir, model_name=model_name, players=players, n_players=args.n,
@@ -153,21 +155,29 @@ def run(args: argparse.Namespace) -> int:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 
-def _load_tokenizer(source: str, load_tokenizer):
-    """The tokenizer of a model directory; a clear error when the directory has none (transformers would
-    otherwise build an empty tokenizer from the model config)."""
+def load_tokenizer_arg(tokenizer_arg: str | None, model_arg: str, model_flag: str = "--model"):
+    """The tokenizer of --tokenizer, else of the model directory; one-line errors naming the option to fix
+    (transformers would otherwise build an empty tokenizer from a model config, or print a traceback)."""
+    from ..models import DEFAULT_MODEL, load_tokenizer
+
+    source, flag = (tokenizer_arg, "--tokenizer") if tokenizer_arg else (model_arg, model_flag)
     path = Path(source)
-    if path.is_dir() and not any((path / name).exists() for name in _TOKENIZER_FILES):
-        raise ValueError(f"{source} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...); pass "
-                         f"--tokenizer DIR, or save the tokenizer beside the model (tokenizer.save_pretrained)")
+    if str(source).lower() not in (DEFAULT_MODEL, "default"):
+        if not path.is_dir():
+            raise ValueError(f"{flag} {source!r} is not a directory; pass --tokenizer DIR (a directory saved with "
+                             f"tokenizer.save_pretrained)")
+        if not any((path / name).exists() for name in _TOKENIZER_FILES):
+            hint = "pass --tokenizer DIR" if flag != "--tokenizer" else "give a directory saved with " \
+                                                                        "tokenizer.save_pretrained"
+            raise ValueError(f"{flag} {source}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...); "
+                             f"{hint}")
     try:
         tokenizer = load_tokenizer(source)
-    except (OSError, ValueError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"cannot load a tokenizer from {source!r} ({err}); pass --tokenizer DIR") from None
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{flag} {source}: cannot load a tokenizer ({message}); pass --tokenizer DIR") from None
     if len(tokenizer) < 2:
-        raise ValueError(f"the tokenizer of {source!r} is empty; pass --tokenizer DIR")
+        raise ValueError(f"{flag} {source}: the tokenizer is empty; pass --tokenizer DIR")
     return tokenizer
 
 
@@ -185,20 +195,3 @@ def _init_distributed(device_arg: str | None):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return dist
-
-
-def _device(device_arg: str | None):
-    import torch
-
-    if device_arg is None:
-        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device_arg)
-    except RuntimeError:
-        raise ValueError(f"--device {device_arg!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-        if device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device

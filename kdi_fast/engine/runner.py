@@ -120,6 +120,7 @@ def run_interactions(
         mine = selected[rank::world_size]
         started = time.perf_counter()
         computed: dict[str, dict] = {}  # id -> {"rank", "seconds"} for the prompts computed in this run
+        failed: dict[str, str] = {}  # id -> why (the model's values are not finite)
         skipped = 0
         bar = _progress_bar(len(mine), rank, world_size, enabled=progress and rank == 0)
         try:
@@ -132,8 +133,13 @@ def run_interactions(
                     result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir, dict(
                         n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
                         baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
-                    result.save(path)
-                    computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
+                    problem = _nonfinite(result)
+                    if problem:  # never stored: a rerun computes it again
+                        failed[record.id] = f"prompt {record.id!r}: {problem}"
+                        path.unlink(missing_ok=True)
+                    else:
+                        result.save(path)
+                        computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
                 bar.set_postfix(computed=len(computed), skipped=skipped, refresh=False)
                 bar.update(1)
         finally:
@@ -141,22 +147,31 @@ def run_interactions(
 
         if dist is not None:  # rank 0 learns what every rank did, then writes the summary
             gathered: list = [None] * world_size
-            dist.all_gather_object(gathered, (computed, skipped))
+            dist.all_gather_object(gathered, (computed, skipped, failed))
         else:
-            gathered = [(computed, skipped)]
-        all_computed = {k: v for c, _ in gathered for k, v in c.items()}
-        total_skipped = sum(k for _, k in gathered)
+            gathered = [(computed, skipped, failed)]
+        all_computed = {k: v for c, _, _ in gathered for k, v in c.items()}
+        all_failed = {k: v for _, _, f in gathered for k, v in f.items()}
+        total_skipped = sum(k for _, k, _ in gathered)
         elapsed = time.perf_counter() - started
         summary_path = out_dir / SUMMARY
         max_err = float("nan")
         if rank == 0:
-            entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected]
-            max_err = max(e["matching_error"] for e in entries)
+            entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected if r.id not in all_failed]
+            max_err = max((e["matching_error"] for e in entries), default=float("nan"))
             write_json_atomic(summary_path, {
                 "manifest": manifest, "prompts": len(selected), "computed": len(all_computed), "skipped": total_skipped,
-                "world_size": world_size, "seconds": elapsed, "max_matching_error": max_err, "results": entries})
+                "world_size": world_size, "seconds": elapsed,
+                "max_matching_error": max_err if entries else None, "results": entries,
+                "failed": [{"id": r.id, "error": all_failed[r.id]} for r in selected if r.id in all_failed]},
+                allow_nan=False)  # valid JSON only: a non-finite number here is a bug, not a value
         if dist is not None:
             dist.barrier()  # nobody reads the summary before it is whole
+        if all_failed:
+            first = next(all_failed[r.id] for r in selected if r.id in all_failed)
+            raise ValueError(f"{len(all_failed)} of {len(selected)} prompts failed ({first}"
+                             f"{'; ...' if len(all_failed) > 1 else ''}); the others are stored in {out_dir}, the "
+                             f"failures are listed in {summary_path}")
         return RunSummary(out_dir=out_dir, summary_path=summary_path, prompts=len(selected),
                           computed=len(all_computed), skipped=total_skipped, seconds=elapsed,
                           max_matching_error=max_err)
@@ -254,6 +269,18 @@ def _complete(path: Path, record: PromptRecord) -> bool:
     except Exception:  # unreadable or incomplete: compute it again (the new file replaces it atomically)
         return False
     return result.prompt == record.prompt
+
+
+def _nonfinite(result: "InteractionResult") -> str | None:
+    """Why a result cannot be stored (its model gave NaN or inf values), or None."""
+    import torch
+
+    bad = ~torch.isfinite(result.values)
+    if not bool(bad.any()):
+        return None
+    kind = "NaN" if bool(result.values.isnan().any()) else "inf"
+    return (f"the model gives {kind} for {int(bad.sum())} of {bad.numel()} masked inputs, so no interaction can be "
+            f"computed; check the model's weights (or use --dtype float32 if float16 overflows)")
 
 
 def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_dir: Path | None, kwargs: dict):

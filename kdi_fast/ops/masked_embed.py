@@ -122,8 +122,7 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _torch_backward(grad: Tensor, player: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
     """The torch twin of kernels.masked_embed.backward: grad [B, M, T, H] -> two [B, T, H] sums (fp32/fp64)."""
-    is_player = player >= 0
-    kept = ((bits[:, :, None] >> player.clamp(min=0)[:, None, :]) & 1).bool() | ~is_player[:, None, :]  # [B, M, T]
+    kept = reference.tokens_present(player, bits)  # [B, M, T]
     g = grad.double() if grad.dtype == torch.float64 else grad.float()
     return torch.einsum("bmt,bmth->bth", kept.to(g.dtype), g), torch.einsum("bmt,bmth->bth", (~kept).to(g.dtype), g)
 
