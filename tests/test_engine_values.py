@@ -21,11 +21,11 @@ def naive(model, function, masks):
     with torch.no_grad():
         for row in masks.tolist():
             present = [o < 0 or bool(row[o]) for o in owner]
-            if seq.masking == "embedding":
+            if seq.masking.name == "embedding":
                 x = torch.stack([seq.embeds[t] if present[t] else seq.baseline for t in range(len(ids))])
                 kwargs = dict(inputs_embeds=x[None])
-            elif seq.masking == "token":
-                kwargs = dict(input_ids=torch.tensor([[i if p else seq.baseline_id
+            elif seq.masking.name == "token":
+                kwargs = dict(input_ids=torch.tensor([[i if p else seq.baseline
                                                        for i, p in zip(ids.tolist(), present)]]))
             else:
                 kwargs = dict(input_ids=ids[None], attention_mask=torch.tensor([present]).long())

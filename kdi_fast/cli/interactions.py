@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from ..engine.masking import BASELINES, MASKINGS
+
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*")
 
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
                         "'0,2,5', or groups joined by '+': '0+1,3,5+6'")
     p.add_argument("--target-tokens", type=int, default=16,
                    help="length L of the greedy target y* when a prompt has no \"target\" (default 16)")
-    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
                    help="how absent players are masked (default embedding: baseline-embedding replacement)")
     p.add_argument("--baseline", default="pad",
                    help="what replaces a masked word: pad, unk, zeros, mean or a token id (default pad)")
@@ -56,7 +58,19 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute every prompt even if OUT holds results (needed when the settings changed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sparse_arguments(p)
     p.set_defaults(run=run)
+
+
+def add_sparse_arguments(p) -> None:
+    """--budget / --max-order / --min-r2: sparse recovery for long prompts (17 to 1,000 players)."""
+    p.add_argument("--budget", type=int, default=None,
+                   help="sparse recovery from BUDGET masked inputs (held-out masks for R^2 included) instead of "
+                        "all 2^n: for 17 to 1,000 players, e.g. --n 64 --budget 8000")
+    p.add_argument("--max-order", type=int, default=3, choices=(1, 2, 3),
+                   help="with --budget: the largest order of the recovered interactions (default 3)")
+    p.add_argument("--min-r2", type=float, default=0.5,
+                   help="with --budget: warn when the held-out R^2 falls below this (default 0.5)")
 
 
 def parse_players(spec: str | None) -> list | None:
@@ -84,7 +98,7 @@ def parse_size(text: str | None) -> int | None:
 
 
 def parse_baseline(text: str) -> str | int:
-    if text in ("pad", "unk", "zeros", "mean"):
+    if text in BASELINES:
         return text
     try:
         token_id = int(text)
@@ -125,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.budget is not None:
+        return _run_sparse(args, records, out_dir, players, baseline, memory_budget, device)
     dist = _init_distributed(args.device)
     try:
         with output_lock(out_dir, command="kdi interactions"):  # before the model loads: fail fast
@@ -147,6 +163,36 @@ def run(args: argparse.Namespace) -> int:
               f"({summary.seconds:.1f} s); max matching error {summary.max_matching_error:.2e}")
         print(f"results: {summary.out_dir}/<id>.safetensors, one per prompt (kdi_fast.engine.InteractionResult.load)")
         print(f"summary: {summary.summary_path}")
+    return 0
+
+
+def _run_sparse(args, records, out_dir: Path, players, baseline, memory_budget, device) -> int:
+    import torch
+
+    from .._lock import output_lock
+    from ..engine.sparse import min_budget
+    from ..models import load_model
+    from .sparse_runs import print_sparse, run_sparse
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--budget (sparse recovery) runs in one process; launch it without torchrun")
+    if args.budget < min_budget(args.n):
+        raise ValueError(f"--budget {args.budget} is too small for --n {args.n}: sparse recovery needs at least "
+                         f"{min_budget(args.n)} masks (held-out ones included)")
+    if args.limit is not None:
+        records = records[:args.limit]
+    with output_lock(out_dir, command="kdi interactions --budget"):
+        torch.manual_seed(args.seed)
+        tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
+        model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+        results = run_sparse(model, tokenizer, records, out_dir, budget=args.budget, n_players=args.n,
+                             like_dir=Path(args.like) if args.like else None, overwrite=args.overwrite,
+                             progress=not args.quiet, max_target_tokens=args.target_tokens, masking=args.masking,
+                             baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
+                             max_order=args.max_order, seed=args.seed, min_r2=args.min_r2)
+    print_sparse(results, records)
+    print(f"results: {out_dir}/<id>.sparse.safetensors (kdi_fast.engine.SparseInteractionResult.load)")
+    print(f"summary: {out_dir / 'summary.json'}")
     return 0
 
 

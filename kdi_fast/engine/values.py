@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .forward import decoder, head_logprobs, lm_head
-from .masking import MaskedSequence, baseline_embedding, baseline_token_id, check_masking, input_embeddings
+from .forward import decoder, head_logprobs
+from .masking import MaskedSequence, check_masking, input_embeddings
 from .memory import default_memory_budget, parse_memory
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
 from .prefix_attention import STATE_KWARG, TreeState, Unsupported
@@ -182,22 +182,9 @@ def build_trie(masks: Tensor, order: list[int], positions: list[int], length: in
 # ----------------------------------------------------------------------------------------------------------
 
 
-def kept_tokens(seq: MaskedSequence, start: int, stop: int, present: Tensor) -> Tensor:
-    """[R, stop - start] bool: tokens kept under each row of present [R, n] bool."""
-    owner = seq.owner[start:stop].to(present.device)
-    return present[:, owner.clamp(min=0)] | (owner < 0)[None, :]
-
-
 def segment_inputs(seq: MaskedSequence, start: int, stop: int, present: Tensor) -> tuple[dict, Tensor | None]:
     """(decoder inputs, key_mask) of tokens start..stop-1 for each row of present [R, n] bool."""
-    kept = kept_tokens(seq, start, stop, present)
-    ids = seq.input_ids[start:stop]
-    if seq.masking == "embedding":
-        embeds = torch.where(kept[..., None], seq.embeds[start:stop][None], seq.baseline.to(seq.embeds.dtype))
-        return {"inputs_embeds": embeds}, None
-    if seq.masking == "token":
-        return {"input_ids": torch.where(kept, ids[None, :], torch.full_like(ids, seq.baseline_id)[None, :])}, None
-    return {"input_ids": ids[None, :].expand(present.shape[0], -1)}, kept
+    return seq.inputs(start, stop, present), seq.key_mask(start, stop, present)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -361,7 +348,7 @@ class ValueFunction:
                 target_ids: list[int] | None = None, exact_players: bool = False) -> "ValueFunction":
         """Check and prepare one prompt. target_ids: given target tokens (e.g. the teacher's y*), instead of
         target. exact_players: raise when the prompt has fewer usable words than n_players (automatic choice)."""
-        check_masking(masking, baseline)
+        mode = check_masking(masking, baseline)
         if path not in ("auto", "prefix_tree", "flat"):
             raise ValueError(f"path must be 'auto', 'prefix_tree' or 'flat', got {path!r}")
         if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
@@ -370,7 +357,7 @@ class ValueFunction:
         parameter = next(model.parameters())
         device = parameter.device
         encoded = encode_prompt(tokenizer, prompt, chat_template=chat_template)
-        chosen = resolve_players(encoded, players, n_players, keep_last_token=masking == "attention", all_masks=False)
+        chosen = resolve_players(encoded, players, n_players, keep_last_token=mode.hides_keys, all_masks=False)
         if players is None and exact_players and len(chosen) < n_players:
             raise ValueError(f"the prompt has {len(chosen)} words that can be players, fewer than the {n_players} "
                              f"players asked; lower n_players to at most {len(chosen)} or give a longer prompt")
@@ -394,18 +381,15 @@ class ValueFunction:
             prompt_length = len(encoded.input_ids)
             owner = player_of_token(encoded, chosen) + [-1] * (len(target_ids) - 1)
             ids = torch.tensor(list(encoded.input_ids) + list(target_ids[:-1]), dtype=torch.int64, device=device)
+            embeds = input_embeddings(model)(ids).detach() if mode.needs_embeddings else None
             seq = MaskedSequence(input_ids=ids, owner=torch.tensor(owner, dtype=torch.int64, device=device),
-                                 n=len(chosen), masking=masking)
-            if masking == "embedding":
-                seq.embeds = input_embeddings(model)(ids).detach()
-                seq.baseline = baseline_embedding(model, tokenizer, baseline)
-            elif masking == "token":
-                seq.baseline_id = baseline_token_id(tokenizer, baseline, lm_head(model)[0].shape[0])
+                                 n=len(chosen), masking=mode, baseline=mode.resolve(model, tokenizer, baseline),
+                                 embeds=embeds)
         finally:
             model.train(was_training)
         max_tokens = max_batch_tokens or (GPU_MAX_TOKENS_PER_FORWARD if device.type == "cuda"
                                           else CPU_MAX_TOKENS_PER_FORWARD)
-        settings = {"masking": masking, "baseline": baseline if masking != "attention" else None,
+        settings = {"masking": masking, "baseline": baseline if mode.uses_baseline else None,
                     "chat_template": bool(chat_template), "n_players": len(chosen),
                     "max_target_tokens": max_target_tokens, "eps": eps, "target": source,
                     "tokenizer": tokenizer_fingerprint(tokenizer), "model": model_name(model),
