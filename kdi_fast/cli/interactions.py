@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .._lock import output_lock
     from ..data import load_prompts
-    from .checks import check_model_dir, check_seed, parse_device
+    from .checks import check_model_dir, check_number, check_seed, parse_device
     from ..engine.runner import run_interactions
     from ..models import DEFAULT_MODEL, load_model
 
@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     check_seed("--seed", args.seed)
+    check_number("--min-r2", args.min_r2, high=1)  # a held-out R^2 is at most 1
     players = parse_players(args.players)
     baseline = parse_baseline(args.baseline)
     memory_budget = parse_size(args.memory_budget)
