@@ -71,6 +71,11 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="recompute every model even if OUT holds its results")
     add_common_arguments(p)
     InteractionSettings.add_arguments(p, defaults={"n_players": 8})
+    from .interactions import add_sparse_arguments
+
+    add_sparse_arguments(p)
+    p.add_argument("--top-k", type=int, default=50,
+                   help="with --budget: K of Overlap@K and Gini@K over the recovered coefficients (default 50)")
     p.set_defaults(run=run)
 
 
@@ -233,6 +238,14 @@ def _run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr, flush=True)
 
     say(f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
+    if settings.method == "sparse":
+        from ..engine.sparse import min_budget
+
+        if settings.budget < min_budget(settings.n_players):
+            raise ValueError(f"--budget {settings.budget} is too small for --n {settings.n_players}: sparse recovery "
+                             f"needs at least {min_budget(settings.n_players)} masks (held-out ones included)")
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     t0 = time.perf_counter()
     teacher = load_model(args.teacher, dtype=dtype, device=device)
     for spec in specs:  # a student the teacher cannot give is refused before any computation
@@ -244,6 +257,9 @@ def _run(args: argparse.Namespace) -> int:
                                  f"give layers:K with 1 <= K <= {teacher.config.num_hidden_layers}, or increasing "
                                  f"indices below {teacher.config.num_hidden_layers}") from None
     described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
+    if settings.method == "sparse":
+        return _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, records, runs, out, described,
+                                   device, dtype, progress, started)
     say(f"[teacher] interactions of {described['teacher']}")
     done = {"teacher": run_interactions(teacher, tokenizer, records, runs / "teacher",
                                         model_name=f"teacher:{args.teacher}", **run_options)}
@@ -315,3 +331,45 @@ def _ordered(by_id: dict, records) -> list:
     if missing:
         raise ValueError(f"results are missing for {missing[:5]}; run again with --overwrite")
     return [by_id[r.id] for r in records]
+
+
+def _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, records, runs, out, described, device,
+                        dtype, progress, started) -> int:
+    """--budget: teacher and students recovered sparsely on the same masks; report over the recovered terms."""
+    import torch
+
+    from ..models import load_model, student_from_teacher
+    from .sparse_runs import run_sparse, sparse_report
+
+    options = dict(budget=settings.budget, n_players=settings.n_players, overwrite=args.overwrite, progress=progress,
+                   min_r2=args.min_r2, **settings.sparse_options())
+    timings = {}
+    t0 = time.perf_counter()
+    teacher_results = run_sparse(teacher, tokenizer, records, runs / "teacher", **options)
+    timings["teacher"] = time.perf_counter() - t0
+    students = {}
+    for spec, label in zip(specs, labels):
+        t0 = time.perf_counter()
+        layers = parse_layers(spec)
+        if layers is not None:
+            model = student_from_teacher(teacher, keep_layers=layers)
+            described[label] = f"{layers if isinstance(layers, int) else len(layers)} of the teacher's layers"
+        else:
+            model = load_model(spec, dtype=dtype, device=device)
+            described[label] = f"{spec} ({_describe(model)})"
+        students[label] = run_sparse(model, tokenizer, records, runs / label, like_dir=runs / "teacher", **options)
+        del model
+        timings[label] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    run_info = {**described, "prompts": len(records), "players": settings.n_players,
+                "budget": f"{settings.budget} masks per model and prompt, "
+                          f"{teacher_results[0].settings['held_out_masks']} of them uniformly random held-out masks "
+                          f"for R^2",
+                "masking": f"{settings.masking}, baseline {settings.baseline}" +
+                           (", chat template" if settings.chat_template else ""),
+                "device": f"{device} ({torch.get_num_threads()} threads), {settings.dtype}",
+                "time": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())}
+    report = sparse_report(teacher_results, students, records, out, args.top_k, run_info)
+    print(f"report:  {report}")
+    print(f"summary: {out / 'summary.json'}")
+    return 0

@@ -41,7 +41,14 @@ def register(subparsers) -> None:
                    help="recompute every prompt even if OUT holds results (needed when the settings changed)")
     add_common_arguments(p)
     InteractionSettings.add_arguments(p)
+    add_sparse_arguments(p)
     p.set_defaults(run=run)
+
+
+def add_sparse_arguments(p) -> None:
+    """--min-r2 for sparse recovery (--budget Q: 17 to 1,000 players; --budget and --max-order are settings)."""
+    p.add_argument("--min-r2", type=float, default=0.5,
+                   help="with --budget: warn when the held-out R^2 falls below this (default 0.5)")
 
 
 def parse_players(spec: str | None) -> list | None:
@@ -82,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
 
     quiet_transformers(args.quiet)
+    if settings.method == "sparse":
+        return _run_sparse(args, settings, records, out_dir, device)
     dist = _init_distributed(settings.device)
     try:
         with output_lock(out_dir, command="kdi interactions"):  # before the model loads: fail fast
@@ -101,6 +110,34 @@ def run(args: argparse.Namespace) -> int:
               f"({summary.seconds:.1f} s); max matching error {summary.max_matching_error:.2e}")
         print(f"results: {summary.out_dir}/<id>.safetensors, one per prompt (kdi_fast.engine.InteractionResult.load)")
         print(f"summary: {summary.summary_path}")
+    return 0
+
+
+def _run_sparse(args, settings, records, out_dir: Path, device) -> int:
+    import torch
+
+    from .._lock import output_lock
+    from ..engine.sparse import min_budget
+    from ..models import load_model
+    from .sparse_runs import print_sparse, run_sparse
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--budget (sparse recovery) runs in one process; launch it without torchrun")
+    if settings.budget < min_budget(settings.n_players):
+        raise ValueError(f"--budget {settings.budget} is too small for --n {settings.n_players}: sparse recovery "
+                         f"needs at least {min_budget(settings.n_players)} masks (held-out ones included)")
+    if args.limit is not None:
+        records = records[:args.limit]
+    with output_lock(out_dir, command="kdi interactions --budget"):
+        torch.manual_seed(settings.seed)
+        tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
+        model = load_model(args.model, dtype=getattr(torch, settings.dtype), device=device)
+        results = run_sparse(model, tokenizer, records, out_dir, budget=settings.budget, n_players=settings.n_players,
+                             like_dir=Path(args.like) if args.like else None, overwrite=args.overwrite,
+                             progress=not args.quiet, min_r2=args.min_r2, **settings.sparse_options())
+    print_sparse(results, records)
+    print(f"results: {out_dir}/<id>.sparse.safetensors (kdi_fast.engine.SparseInteractionResult.load)")
+    print(f"summary: {out_dir / 'summary.json'}")
     return 0
 
 

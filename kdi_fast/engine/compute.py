@@ -109,8 +109,10 @@ def compute_interactions(
     settings: InteractionSettings | None = None,
     like: list[InteractionResult] | None = None,
     progress: bool = True,
+    min_r2: float | None = None,
+    strict: bool = False,
     **changes,
-) -> list[InteractionResult]:
+) -> list:
     """The interactions of `model` on each prompt: v(x_T) for all 2^n masked inputs and I_S = mobius(v).
 
     targets: the target text y* per prompt (None: the model's greedy continuation of the full prompt, up to
@@ -125,8 +127,21 @@ def compute_interactions(
     16 players (at most 65,536 masks). The result then holds the compact layout (result.masks).
     like: results of another model (e.g. the teacher) on the same prompts: their y*, players and masking are
     reused, so the values compare mask by mask; the tokenizers and the masking settings must be the same.
+    method="sparse" with budget=Q (settings): recover the sparse Harsanyi terms of order <= max_order (default 3)
+    of 17 to 1,000 players from Q masked inputs, held-out R^2 included; returns SparseInteractionResults (see
+    kdi_fast.engine.sparse_compute): seed draws the masks, a held-out R^2 below min_r2 (default 0.5) or a solver
+    that did not converge warns (strict=True: raises).
     """
     settings = settings_for_model(model, settings, **changes)
+    if settings.method == "sparse":
+        from .sparse_compute import compute_sparse_interactions
+
+        return compute_sparse_interactions(
+            model, tokenizer, prompts, budget=settings.budget, targets=targets, players=players,
+            n_players=settings.n_players, progress=progress, like=like, strict=strict,
+            **settings.sparse_options(), **({"min_r2": min_r2} if min_r2 is not None else {}))
+    if min_r2 is not None or strict:
+        raise ValueError("min_r2 and strict apply to method='sparse' only; pass method='sparse' and budget= with them")
     _check_arguments(prompts, targets, players, like)
     fingerprint = tokenizer_fingerprint(tokenizer)
     if like is not None:

@@ -61,7 +61,9 @@ class InteractionSettings:
                          type=int)
     method: str = _setting("exact", "exact (all 2^n masks, or those of --max-order) or sparse (recover the terms "
                                     "of order <= --max-order from --budget masked inputs)", choices=METHODS)
-    budget: int | None = _setting(None, "masked inputs per prompt for --method sparse", type=int, metavar="Q")
+    budget: int | None = _setting(None, "sparse recovery from Q masked inputs per prompt (held-out ones included) "
+                                        "instead of all 2^n: for 17 to 1,000 players, e.g. --n 64 --budget 8000",
+                                  type=int, metavar="Q")
     device: str | None = _setting(None, "cpu, cuda or cuda:N (default cuda when available)", run=True)
     memory_budget: int | None = _setting(None, "working memory for the masked batches, e.g. 2GB or 512MB "
                                                "(default: from the device)", run=True, type=str)
@@ -117,6 +119,12 @@ class InteractionSettings:
         return [(name, record.get(name), getattr(self, name)) for name in names
                 if _plain(record.get(name)) != _plain(getattr(self, name))]
 
+    def sparse_options(self) -> dict[str, Any]:
+        """The keywords of kdi_fast.engine.sparse_compute (all but n_players and budget, which it takes apart)."""
+        names = ("max_target_tokens", "masking", "baseline", "chat_template", "memory_budget", "eps", "path",
+                 "max_batch_tokens", "max_order", "seed")
+        return {name: getattr(self, name) for name in names}
+
     def results_dict(self) -> dict[str, Any]:
         """The settings that decide the numbers (no run settings): what results and manifests record."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata["run"]}
@@ -144,6 +152,8 @@ class InteractionSettings:
         """The settings of parsed arguments (from add_arguments), with `changes` on top."""
         given = {name: getattr(args, f"setting_{name}") for name in cls.field_names()
                  if hasattr(args, f"setting_{name}")}
+        if given.get("budget") is not None and given.get("method") == "exact":
+            given["method"] = "sparse"  # on the command line --budget Q alone asks for sparse recovery
         try:
             return cls.create(**{**given, **changes})
         except SettingError as err:
@@ -206,7 +216,9 @@ def _validate(s: InteractionSettings) -> None:
     if s.method not in METHODS:
         raise SettingError("method", f"method must be one of {METHODS}, got {s.method!r}")
     positive_int("budget", s.budget, optional=True)
-    if s.method == "exact" and s.budget is not None:
+    if s.budget is not None and s.method == "exact":
         raise SettingError("budget", "budget applies to method='sparse' only; pass method='sparse' with it")
+    if s.method == "sparse" and s.budget is None:
+        raise SettingError("budget", "method='sparse' needs budget=Q (masked inputs per prompt), e.g. --budget 8000")
     if s.path not in PATHS:
         raise SettingError("path", f"path must be one of {PATHS}, got {s.path!r}")

@@ -283,10 +283,14 @@ def _final_hidden_states(outputs) -> Tensor | None:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP / FSDP / accelerate wrappers (their .module)."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
+    """The Hugging Face model inside DDP / FSDP / accelerate wrappers (their .module) and torch.compile (its
+    ._orig_mod; CIP still calls the compiled module, and reads only attributes and the signature from this)."""
+    while True:
+        inner = [m for m in (getattr(model, "_orig_mod", None), getattr(model, "module", None))
+                 if isinstance(m, nn.Module)]
+        if not inner:
+            return model
+        model = inner[0]
 
 
 def _check_model(inner: nn.Module) -> None:
