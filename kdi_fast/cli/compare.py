@@ -150,16 +150,18 @@ def _generate(model, tokenizer, records, max_new_tokens: int, chat_template: boo
     """Each model's own greedy continuation of every prompt (for agreement/BLEU/ROUGE-L), cached in `cache`."""
     from tqdm.auto import tqdm
 
+    from ..engine.identity import weights_sha256
     from ..engine.players import encode_prompt
     from ..engine.target import greedy_target
     from ..report import write_json
 
     stored = json.loads(cache.read_text()) if cache.exists() else {}
+    weights = weights_sha256(model)  # a cached text is reused only for the same weights, input and length
     texts = []
     changed = False
     for record in tqdm(records, desc=f"generating ({label})", unit="prompt", disable=not progress):
         ids = list(encode_prompt(tokenizer, record.prompt, chat_template=chat_template).input_ids)
-        key = hashlib.sha256(json.dumps([ids, max_new_tokens]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([ids, max_new_tokens, weights]).encode()).hexdigest()[:16]
         hit = stored.get(record.id)
         if hit and hit.get("key") == key:
             texts.append(hit["text"])

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .._lock import output_lock
     from ..data import load_prompts
-    from .checks import check_model_dir, check_seed, parse_device
+    from .checks import check_model_dir, check_number, check_seed, parse_device
     from ..engine.runner import run_interactions
     from ..models import DEFAULT_MODEL, load_model
 
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     settings = InteractionSettings.from_args(args)
     check_seed("--seed", settings.seed)
+    check_number("--min-r2", args.min_r2, high=1)  # a held-out R^2 is at most 1
     players = parse_players(args.players)
     records = load_prompts(args.data)
     is_default = str(args.model).lower() in (DEFAULT_MODEL, "default")
