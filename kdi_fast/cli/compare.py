@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._extras import needs
 from ..engine.masking import MASKINGS
 
 DEFAULT_PROMPT_IDS = (
@@ -230,7 +231,8 @@ def _run(args: argparse.Namespace) -> int:
     runs = out / "runs"
     progress = not args.quiet
     if args.quiet:
-        from transformers.utils import logging as hf_logging
+        with needs("models"):
+            from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
 

@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from .._extras import needs
 from ..engine.masking import BASELINES, MASKINGS
 
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
 
     if args.quiet:
-        from transformers.utils import logging as hf_logging
+        with needs("models"):
+            from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     dist = _init_distributed(args.device)
@@ -158,11 +160,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 def load_tokenizer_arg(tokenizer_arg: str | None, model_arg: str, model_flag: str = "--model"):
     """The tokenizer of --tokenizer, else of the model directory; one-line errors naming the option to fix
     (transformers would otherwise build an empty tokenizer from a model config, or print a traceback)."""
-    from ..models import DEFAULT_MODEL, load_tokenizer
+    from ..models import DEFAULT_MODEL, is_hub_id, load_tokenizer
 
     source, flag = (tokenizer_arg, "--tokenizer") if tokenizer_arg else (model_arg, model_flag)
     path = Path(source)
-    if str(source).lower() not in (DEFAULT_MODEL, "default"):
+    if str(source).lower() not in (DEFAULT_MODEL, "default") and not is_hub_id(source):
         if not path.is_dir():
             raise ValueError(f"{flag} {source!r} is not a directory; pass --tokenizer DIR (a directory saved with "
                              f"tokenizer.save_pretrained)")

@@ -28,13 +28,11 @@ def _import_sft():
 
 
 def _import_gkd():
-    import os
     import warnings
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # TRL's notice about trl.experimental; the user's environment is left alone
             warnings.filterwarnings("ignore", message=".*trl.experimental.*")
-            os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
             from trl.experimental.gkd import GKDTrainer
     except ImportError as error:
         raise ImportError(_MISSING.format(name="CIPGKDTrainer")) from error
