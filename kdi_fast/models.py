@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -308,6 +309,7 @@ def fresh_student(teacher: nn.Module, *, seed: int = 0, **config_overrides) -> n
     for key, value in config_overrides.items():
         if not hasattr(config, key):
             raise ValueError(f"{type(config).__name__} has no field {key!r}")
+        _check_override(config, key, value)
         setattr(config, key, value)
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = config.layer_types[: config.num_hidden_layers]
@@ -315,4 +317,29 @@ def fresh_student(teacher: nn.Module, *, seed: int = 0, **config_overrides) -> n
         config.head_dim = config.hidden_size // config.num_attention_heads
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config).eval()
+        try:
+            return AutoModelForCausalLM.from_config(config).eval()
+        except (ValueError, TypeError, RuntimeError) as err:  # e.g. hidden_size not divisible by the heads
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot build a fresh student with {config_overrides}: {first}") from None
+
+
+_SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "n_embd", "n_layer", "n_head", "n_inner")
+
+
+def _check_override(config, key: str, value) -> None:
+    """A config override must have the type of the field it replaces (an int for a size, a number for a float
+    field), and sizes must be >= 1; the message names the field as key=value."""
+    current = getattr(config, key)
+    if isinstance(current, bool) or current is None or isinstance(current, (str, list, dict)):
+        return
+    if isinstance(current, int) and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"fresh student: {key}={value!r}: {type(config).__name__}.{key} must be an int "
+                         f"(the teacher's is {current})")
+    if isinstance(current, float) and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                       or not math.isfinite(value)):
+        raise ValueError(f"fresh student: {key}={value!r}: {type(config).__name__}.{key} must be a number "
+                         f"(the teacher's is {current})")
+    if key in _SIZE_FIELDS and value < 1:
+        raise ValueError(f"fresh student: {key}={value!r}: a size must be >= 1 (the teacher's is {current})")

@@ -114,3 +114,18 @@ def test_smollm2_tokenizer_alone_writes_no_model(tmp_path, monkeypatch):
     files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert "tokenizer.json" in files
     assert not [f for f in files if f.endswith((".safetensors", ".bin")) or f == "config.json"], files
+
+
+def test_fresh_student_with_a_value_of_the_wrong_type_is_a_clear_error():
+    from kdi_fast.distill import build_student
+    from kdi_fast.models import fresh_student, tiny_causal_lm
+
+    teacher = tiny_causal_lm("llama", vocab_size=64, num_layers=4)
+    for recipe, field in (("fresh:hidden_size=abc", "hidden_size"), ("fresh:num_hidden_layers=2.5", "num_hidden_layers"),
+                          ("fresh:rms_norm_eps=small", "rms_norm_eps")):
+        with pytest.raises(ValueError, match=rf"{field}=.*must be an? (int|number)"):
+            build_student(teacher, recipe)
+    with pytest.raises(ValueError, match="hidden_size=0"):
+        fresh_student(teacher, hidden_size=0)
+    student = fresh_student(teacher, num_hidden_layers=2, rms_norm_eps=1e-5)
+    assert student.config.num_hidden_layers == 2 and student.config.rms_norm_eps == 1e-5

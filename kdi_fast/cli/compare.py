@@ -82,6 +82,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="recompute every model even if OUT holds its results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .interactions import add_sparse_arguments
+
+    add_sparse_arguments(p)
+    p.add_argument("--top-k", type=int, default=50,
+                   help="with --budget: K of Overlap@K and Gini@K over the recovered coefficients (default 50)")
     p.set_defaults(run=run)
 
 
@@ -156,16 +161,18 @@ def _generate(model, tokenizer, records, max_new_tokens: int, chat_template: boo
     """Each model's own greedy continuation of every prompt (for agreement/BLEU/ROUGE-L), cached in `cache`."""
     from tqdm.auto import tqdm
 
+    from ..engine.identity import weights_sha256
     from ..engine.players import encode_prompt
     from ..engine.target import greedy_target
     from ..report import write_json
 
     stored = json.loads(cache.read_text()) if cache.exists() else {}
+    weights = weights_sha256(model)  # a cached text is reused only for the same weights, input and length
     texts = []
     changed = False
     for record in tqdm(records, desc=f"generating ({label})", unit="prompt", disable=not progress):
         ids = list(encode_prompt(tokenizer, record.prompt, chat_template=chat_template).input_ids)
-        key = hashlib.sha256(json.dumps([ids, max_new_tokens]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([ids, max_new_tokens, weights]).encode()).hexdigest()[:16]
         hit = stored.get(record.id)
         if hit and hit.get("key") == key:
             texts.append(hit["text"])
@@ -252,6 +259,14 @@ def _run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr, flush=True)
 
     say(f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
+    if args.budget is not None:
+        from ..engine.sparse import min_budget
+
+        if args.budget < min_budget(args.n):
+            raise ValueError(f"--budget {args.budget} is too small for --n {args.n}: sparse recovery needs at "
+                             f"least {min_budget(args.n)} masks (held-out ones included)")
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     t0 = time.perf_counter()
     teacher = load_model(args.teacher, dtype=dtype, device=device)
     for spec in specs:  # a student the teacher cannot give is refused before any computation
@@ -263,6 +278,9 @@ def _run(args: argparse.Namespace) -> int:
                                  f"give layers:K with 1 <= K <= {teacher.config.num_hidden_layers}, or increasing "
                                  f"indices below {teacher.config.num_hidden_layers}") from None
     described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
+    if args.budget is not None:
+        return _run_sparse_compare(args, teacher, tokenizer, specs, labels, records, runs, out, described, device,
+                                   dtype, baseline, memory_budget, progress, started)
     say(f"[teacher] interactions of {described['teacher']}")
     done = {"teacher": run_interactions(teacher, tokenizer, records, runs / "teacher",
                                         model_name=f"teacher:{args.teacher}", **settings)}
@@ -332,3 +350,46 @@ def _ordered(by_id: dict, records) -> list:
     if missing:
         raise ValueError(f"results are missing for {missing[:5]}; run again with --overwrite")
     return [by_id[r.id] for r in records]
+
+
+def _run_sparse_compare(args, teacher, tokenizer, specs, labels, records, runs, out, described, device, dtype,
+                        baseline, memory_budget, progress, started) -> int:
+    """--budget: teacher and students recovered sparsely on the same masks; report over the recovered terms."""
+    import torch
+
+    from ..models import load_model, student_from_teacher
+    from .sparse_runs import run_sparse, sparse_report
+
+    options = dict(budget=args.budget, n_players=args.n, overwrite=args.overwrite, progress=progress,
+                   max_target_tokens=args.target_tokens, masking=args.masking, baseline=baseline,
+                   chat_template=args.chat_template, memory_budget=memory_budget, max_order=args.max_order,
+                   seed=args.seed, min_r2=args.min_r2)
+    timings = {}
+    t0 = time.perf_counter()
+    teacher_results = run_sparse(teacher, tokenizer, records, runs / "teacher", **options)
+    timings["teacher"] = time.perf_counter() - t0
+    students = {}
+    for spec, label in zip(specs, labels):
+        t0 = time.perf_counter()
+        layers = parse_layers(spec)
+        if layers is not None:
+            model = student_from_teacher(teacher, keep_layers=layers)
+            described[label] = f"{layers if isinstance(layers, int) else len(layers)} of the teacher's layers"
+        else:
+            model = load_model(spec, dtype=dtype, device=device)
+            described[label] = f"{spec} ({_describe(model)})"
+        students[label] = run_sparse(model, tokenizer, records, runs / label, like_dir=runs / "teacher", **options)
+        del model
+        timings[label] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    run_info = {**described, "prompts": len(records), "players": args.n,
+                "budget": f"{args.budget} masks per model and prompt, {teacher_results[0].settings['held_out_masks']} "
+                          f"of them uniformly random held-out masks for R^2",
+                "masking": f"{args.masking}, baseline {args.baseline}" + (", chat template" if args.chat_template
+                                                                          else ""),
+                "device": f"{device} ({torch.get_num_threads()} threads), {args.dtype}",
+                "time": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())}
+    report = sparse_report(teacher_results, students, records, out, args.top_k, run_info)
+    print(f"report:  {report}")
+    print(f"summary: {out / 'summary.json'}")
+    return 0

@@ -59,7 +59,19 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute every prompt even if OUT holds results (needed when the settings changed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sparse_arguments(p)
     p.set_defaults(run=run)
+
+
+def add_sparse_arguments(p) -> None:
+    """--budget / --max-order / --min-r2: sparse recovery for long prompts (17 to 1,000 players)."""
+    p.add_argument("--budget", type=int, default=None,
+                   help="sparse recovery from BUDGET masked inputs (held-out masks for R^2 included) instead of "
+                        "all 2^n: for 17 to 1,000 players, e.g. --n 64 --budget 8000")
+    p.add_argument("--max-order", type=int, default=3, choices=(1, 2, 3),
+                   help="with --budget: the largest order of the recovered interactions (default 3)")
+    p.add_argument("--min-r2", type=float, default=0.5,
+                   help="with --budget: warn when the held-out R^2 falls below this (default 0.5)")
 
 
 def parse_players(spec: str | None) -> list | None:
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .._lock import output_lock
     from ..data import load_prompts
-    from .checks import check_model_dir, check_seed, parse_device
+    from .checks import check_model_dir, check_number, check_seed, parse_device
     from ..engine.runner import run_interactions
     from ..models import DEFAULT_MODEL, load_model
 
@@ -113,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     check_seed("--seed", args.seed)
+    check_number("--min-r2", args.min_r2, high=1)  # a held-out R^2 is at most 1
     players = parse_players(args.players)
     baseline = parse_baseline(args.baseline)
     memory_budget = parse_size(args.memory_budget)
@@ -129,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.budget is not None:
+        return _run_sparse(args, records, out_dir, players, baseline, memory_budget, device)
     dist = _init_distributed(args.device)
     try:
         with output_lock(out_dir, command="kdi interactions"):  # before the model loads: fail fast
@@ -151,6 +166,36 @@ def run(args: argparse.Namespace) -> int:
               f"({summary.seconds:.1f} s); max matching error {summary.max_matching_error:.2e}")
         print(f"results: {summary.out_dir}/<id>.safetensors, one per prompt (kdi_fast.engine.InteractionResult.load)")
         print(f"summary: {summary.summary_path}")
+    return 0
+
+
+def _run_sparse(args, records, out_dir: Path, players, baseline, memory_budget, device) -> int:
+    import torch
+
+    from .._lock import output_lock
+    from ..engine.sparse import min_budget
+    from ..models import load_model
+    from .sparse_runs import print_sparse, run_sparse
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--budget (sparse recovery) runs in one process; launch it without torchrun")
+    if args.budget < min_budget(args.n):
+        raise ValueError(f"--budget {args.budget} is too small for --n {args.n}: sparse recovery needs at least "
+                         f"{min_budget(args.n)} masks (held-out ones included)")
+    if args.limit is not None:
+        records = records[:args.limit]
+    with output_lock(out_dir, command="kdi interactions --budget"):
+        torch.manual_seed(args.seed)
+        tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
+        model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+        results = run_sparse(model, tokenizer, records, out_dir, budget=args.budget, n_players=args.n,
+                             like_dir=Path(args.like) if args.like else None, overwrite=args.overwrite,
+                             progress=not args.quiet, max_target_tokens=args.target_tokens, masking=args.masking,
+                             baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
+                             max_order=args.max_order, seed=args.seed, min_r2=args.min_r2)
+    print_sparse(results, records)
+    print(f"results: {out_dir}/<id>.sparse.safetensors (kdi_fast.engine.SparseInteractionResult.load)")
+    print(f"summary: {out_dir / 'summary.json'}")
     return 0
 
 

@@ -105,7 +105,12 @@ def compute_interactions(
     path: str = "auto",
     max_batch_tokens: int | None = None,
     max_order: int | None = None,
-) -> list[InteractionResult]:
+    method: str = "exact",
+    budget: int | None = None,
+    seed: int = 0,
+    min_r2: float | None = None,
+    strict: bool = False,
+) -> list:
     """The interactions of `model` on each prompt: v(x_T) for all 2^n masked inputs and I_S = mobius(v).
 
     targets: the target text y* per prompt (None: the model's greedy continuation of the full prompt, up to
@@ -121,7 +126,24 @@ def compute_interactions(
     max_order: opt-in: evaluate only the masks of at most max_order players (the subsets kdi_fast.subsets(n, k));
     the interactions of those subsets are still exact (I_S needs v on the subsets of S only). Allows more than
     16 players (at most 65,536 masks). The result then holds the compact layout (result.masks).
+    method: "exact" (all 2^n masks, or those of max_order) or "sparse": recover the sparse Harsanyi terms of
+    order <= max_order (default 3) of 17 to 1,000 players from budget=Q masked inputs, held-out R^2 included;
+    returns SparseInteractionResults (see kdi_fast.engine.sparse_compute): seed draws the masks, a held-out R^2 below
+    min_r2 (default 0.5) or a solver that did not converge warns (strict=True: raises).
     """
+    if method == "sparse":
+        from .sparse_compute import compute_sparse_interactions
+
+        return compute_sparse_interactions(
+            model, tokenizer, prompts, budget=budget, targets=targets, players=players, n_players=n_players,
+            max_target_tokens=max_target_tokens, masking=masking, baseline=baseline, chat_template=chat_template,
+            memory_budget=memory_budget, progress=progress, like=like, eps=eps, path=path,
+            max_batch_tokens=max_batch_tokens, max_order=max_order, seed=seed, strict=strict,
+            **({"min_r2": min_r2} if min_r2 is not None else {}))
+    if method != "exact":
+        raise ValueError(f"method must be 'exact' or 'sparse', got {method!r}")
+    if budget is not None or min_r2 is not None or strict or seed:
+        raise ValueError("budget, seed, min_r2 and strict apply to method='sparse' only; pass method='sparse' with them")
     _check_arguments(prompts, targets, players, like, masking, baseline, max_batch_tokens, max_order)
     budget = parse_memory(memory_budget)
     fingerprint = tokenizer_fingerprint(tokenizer)
