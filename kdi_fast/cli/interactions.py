@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_prompts
     from .checks import check_model_dir, check_number, check_seed, parse_device
     from ..engine.runner import run_interactions
-    from ..models import DEFAULT_MODEL, load_model
+    from ..models import DEFAULT_MODEL, is_hub_id, load_model
 
     # Check everything cheap before loading a model.
     if args.limit is not None and args.limit < 1:
@@ -85,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
     is_default = str(args.model).lower() in (DEFAULT_MODEL, "default")
     check_model_dir("--model", args.model)
     device = parse_device("--device", settings.device)
-    model_name = DEFAULT_MODEL if is_default else str(Path(args.model).resolve())
+    hub_id = not is_default and is_hub_id(args.model)  # passed to from_pretrained as it is
+    model_name = DEFAULT_MODEL if is_default else args.model if hub_id else str(Path(args.model).resolve())
     out_dir = Path(args.out) if args.out else Path("runs") / "interactions" / (
-        DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
+        DEFAULT_MODEL if is_default else args.model.replace("/", "--") if hub_id else Path(args.model).resolve().name)
 
     quiet_transformers(args.quiet)
     if settings.method == "sparse":
