@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._extras import needs
+
 ATTENTION_NAME = "kdi_fast_prefix_tree"
 STATE_KWARG = "kdi_prefix_tree"
 
@@ -189,6 +191,7 @@ def _own_storage(x: Tensor) -> Tensor:
 
 def register() -> None:
     """Register the attention function with transformers (idempotent)."""
-    from transformers import AttentionInterface
+    with needs("models"):
+        from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, prefix_tree_attention)

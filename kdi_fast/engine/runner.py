@@ -1,13 +1,18 @@
 """Dataset runs of compute_interactions: one result file per prompt, resumable, optionally data parallel.
 
 Layout of an output directory:
-  manifest.json        model, settings and the data digest; checked when a run restarts
-  <id>.safetensors     one InteractionResult per prompt (tensors + JSON metadata), written atomically
-  summary.json         written at the end: every prompt's file, n, target, v(x_N), matching error, top interactions
+  manifest.json        the latest run: model, settings, data digest, and the identity its results share
+  <id>.safetensors     one InteractionResult per prompt (tensors + JSON metadata + checksum), written atomically
+  summary.json         written at the end: every prompt's file, n, target, v(x_N), matching error, top interactions,
+                       and the prompts that failed (a model giving NaN); strict JSON (no NaN)
 
-Resume: a prompt whose result file loads is skipped, so a killed run restarts where it stopped; nothing is
-lost (files appear whole or not at all) and nothing is computed twice. Restarting with other settings, another
-model or other data is an error unless overwrite=True (then every prompt is computed again).
+Resume: every result carries its identity (kdi_fast.engine.identity: model name, dtype and weights digest,
+tokenizer digest, every setting, the prompt record, the reference result under like_dir). A prompt whose stored
+result loads, passes its checksum and has exactly the wanted identity is skipped, so a killed run restarts where
+it stopped; nothing is lost (files appear whole or not at all) and nothing is computed twice. A damaged result is
+computed again (with a warning). A result of another identity (other settings, model, weights, tokenizer or
+prompt) is an error naming what differs, before anything is computed, unless overwrite=True (then every prompt
+is computed again). Nothing else blocks a rerun: a run that failed on bad input can be rerun with the input fixed.
 
 One run at a time: the run holds out_dir/.kdi.lock (kdi_fast._lock.output_lock); another run on the same
 directory is refused with the holder's pid and host.
@@ -30,6 +35,7 @@ from ..data import PromptRecord, records_digest
 
 if TYPE_CHECKING:
     from . import InteractionResult
+    from .settings import InteractionSettings
 
 __all__ = ["RunSummary", "run_interactions", "load_results", "result_path", "MANIFEST", "SUMMARY"]
 
@@ -63,29 +69,28 @@ def run_interactions(
     records: list[PromptRecord],
     out_dir: str | Path,
     *,
+    settings: InteractionSettings | None = None,
     model_name: str | None = None,
     players: list | None = None,
-    n_players: int = 10,
-    max_target_tokens: int = 16,
-    masking: str = "embedding",
-    baseline: str | int = "pad",
-    chat_template: bool = False,
-    memory_budget: int | None = None,
     like_dir: str | Path | None = None,
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    extra_settings: dict[str, Any] | None = None,
+    **changes: Any,
 ) -> RunSummary:
     """Compute the interactions of every record and write out_dir/<id>.safetensors per prompt.
 
+    settings: an InteractionSettings (fields may also be given as keywords, as for compute_interactions); the
+    manifest records them, and a restart with other settings names each one that differs.
     players: the players of records that do not name their own (word indices or groups; None = automatic).
     like_dir: the output directory of an earlier run (e.g. the teacher's): each prompt then reuses that run's
     y*, players and masks (compute_interactions(like=...)). limit: only the first `limit` records.
-    extra_settings: more settings recorded in (and checked against) the manifest, e.g. the seed.
     Returns a RunSummary; rank 0 also writes out_dir/summary.json. Under torch.distributed every rank must call it.
     """
     from . import compute_interactions  # late: the engine package may import this module
+    from .compute import settings_for_model
+
+    settings = settings_for_model(model, settings, **changes)
 
     if not records:
         raise ValueError("no prompts to run: the data set is empty")
@@ -97,16 +102,16 @@ def run_interactions(
     like_dir = Path(like_dir).resolve() if like_dir is not None else None
 
     with output_lock(out_dir, command="kdi interactions"):  # one run at a time in out_dir
-        manifest = _manifest(model, model_name, records, like_dir, dict(
-            players=players, n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
-            baseline=baseline, chat_template=chat_template, **(extra_settings or {})))
-        _check_manifest(out_dir, manifest, overwrite)  # every rank checks, so every rank fails alike
+        manifest = _manifest(model, model_name, tokenizer, records, like_dir,
+                             {**settings.results_dict(), "players": players})
         if like_dir is not None:
             missing = [r.id for r in selected if not result_path(like_dir, r.id).exists()]
             if missing:
                 raise ValueError(f"like_dir {like_dir}: no result for {len(missing)} prompt(s) "
                                  f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run the "
                                  f"reference model on the same data first")
+        identities = {r.id: _identity(manifest["identity"], r, like_dir) for r in selected}
+        reusable = set() if overwrite else _reusable(out_dir, selected, identities)  # every rank fails alike
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / SUMMARY).unlink(missing_ok=True)  # a summary exists only for a finished run
@@ -126,13 +131,13 @@ def run_interactions(
         try:
             for record in mine:
                 path = result_path(out_dir, record.id)
-                if not overwrite and _complete(path, record):
+                if record.id in reusable:
                     skipped += 1
                 else:
                     t0 = time.perf_counter()
-                    result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir, dict(
-                        n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
-                        baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
+                    result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir,
+                                          settings)
+                    result.identity = identities[record.id]
                     problem = _nonfinite(result)
                     if problem:  # never stored: a rerun computes it again
                         failed[record.id] = f"prompt {record.id!r}: {problem}"
@@ -209,10 +214,13 @@ def _model_name(model, model_name: str | None) -> str:
     return str(getattr(config, "name_or_path", "") or type(model).__name__)
 
 
-def _manifest(model, model_name, records, like_dir, settings) -> dict:
+def _manifest(model, model_name, tokenizer, records, like_dir, settings) -> dict:
+    """What this run is (written to OUT/manifest.json); its "identity" is the part every result shares."""
     from .._version import __version__
+    from .identity import tokenizer_sha256, weights_sha256
 
     dtype = next((p.dtype for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
     like = None
     if like_dir is not None:
         like_manifest = like_dir / MANIFEST
@@ -220,55 +228,60 @@ def _manifest(model, model_name, records, like_dir, settings) -> dict:
             raise FileNotFoundError(f"like_dir {like_dir}: no {MANIFEST} there; point it at the output directory "
                                     f"of an earlier `kdi interactions` run")
         like = {"dir": str(like_dir), "model": json.loads(like_manifest.read_text()).get("model")}
-    return {
-        "kdi_fast": __version__,
-        "model": _model_name(model, model_name),
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
-        "settings": json.loads(json.dumps(settings)),  # normalised (tuples -> lists) so restarts compare equal
-        "like": like,
-        "data": {"digest": records_digest(records), "prompts": len(records)},
+    settings = json.loads(json.dumps(settings))  # normalised (tuples -> lists) so restarts compare equal
+    name = _model_name(model, model_name)
+    identity = {
+        "model": {"name": name, "dtype": dtype,
+                  "weights_sha256": weights_sha256(model) if hasattr(model, "state_dict") else None},
+        "tokenizer": {"sha256": tokenizer_sha256(tokenizer)},
+        "settings": settings,
     }
+    return {"kdi_fast": __version__, "model": name, "dtype": dtype, "settings": settings, "like": like,
+            "data": {"digest": records_digest(records), "prompts": len(records)}, "identity": identity}
 
 
-_CHECKED_KEYS = ("model", "dtype", "settings", "like", "data")
-
-
-def _check_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
-    path = out_dir / MANIFEST
-    if overwrite or not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} cannot be read ({err}); pass --overwrite to start this directory afresh") from None
-    diffs = []
-    for key in _CHECKED_KEYS:
-        a, b = old.get(key), manifest.get(key)
-        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"settings.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                      if a.get(k) != b.get(k)]
-        elif key == "data" and isinstance(a, dict):
-            if a.get("digest") != b["digest"]:
-                diffs.append(f"data: other prompts ({a.get('prompts')} -> {b['prompts']} prompts, digest "
-                             f"{str(a.get('digest'))[:12]} -> {b['digest'][:12]})")
-        elif a != b:
-            diffs.append(f"{key}: {a!r} -> {b!r}")
-    if diffs:
-        raise ValueError(f"{out_dir} holds a run with other settings ({'; '.join(diffs)}). Use another --out "
-                         f"directory, the same settings to resume it, or --overwrite to recompute everything.")
-
-
-def _complete(path: Path, record: PromptRecord) -> bool:
-    """Whether the result file of `record` exists, loads, and is about the same prompt."""
+def _identity(run_identity: dict, record: PromptRecord, like_dir: Path | None) -> dict:
+    """The identity of one prompt's result: the run's, the prompt record, and the reference result it reuses."""
     from . import InteractionResult
 
-    if not path.exists():
-        return False
-    try:
-        result = InteractionResult.load(path)
-    except Exception:  # unreadable or incomplete: compute it again (the new file replaces it atomically)
-        return False
-    return result.prompt == record.prompt
+    like = None
+    if like_dir is not None:
+        like = {"dir": str(like_dir), "result_sha256": InteractionResult.stored_checksum(result_path(like_dir,
+                                                                                                     record.id))}
+    prompt = {"id": record.id, "prompt": record.prompt, "target": record.target, "players": record.players}
+    return json.loads(json.dumps({**run_identity, "like": like, "prompt": prompt}))
+
+
+def _reusable(out_dir: Path, records: list[PromptRecord], identities: dict[str, dict]) -> set[str]:
+    """The ids whose stored result has exactly the wanted identity. A result of another identity is an error
+    naming what differs; a damaged one (checksum, truncation) is computed again, with a warning."""
+    import warnings
+
+    from . import InteractionResult
+    from .identity import differences
+
+    reusable, conflicts = set(), {}
+    for record in records:
+        path = result_path(out_dir, record.id)
+        if not path.exists():
+            continue
+        try:
+            stored = InteractionResult.load(path)
+        except Exception as err:  # unreadable or damaged: compute it again (the new file replaces it atomically)
+            warnings.warn(f"{path} cannot be used ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                          f"computing it again", stacklevel=3)
+            continue
+        diffs = differences(stored.identity or {}, identities[record.id])
+        if diffs:
+            conflicts[record.id] = diffs
+        else:
+            reusable.add(record.id)
+    if conflicts:
+        first, diffs = next(iter(conflicts.items()))
+        raise ValueError(f"{out_dir} holds {len(conflicts)} result(s) computed otherwise than asked now (prompt "
+                         f"{first!r}: {'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}). Use another --out "
+                         f"directory, the same model and settings to resume, or --overwrite to recompute everything.")
+    return reusable
 
 
 def _nonfinite(result: "InteractionResult") -> str | None:
@@ -283,7 +296,8 @@ def _nonfinite(result: "InteractionResult") -> str | None:
             f"computed; check the model's weights (or use --dtype float32 if float16 overflows)")
 
 
-def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_dir: Path | None, kwargs: dict):
+def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_dir: Path | None,
+                 settings: InteractionSettings):
     from . import InteractionResult
 
     like = None
@@ -297,7 +311,7 @@ def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_
         results = compute(model, tokenizer, [record.prompt],
                           targets=None if record.target is None or like else [record.target],
                           players=None if record_players is None or like else [record_players],
-                          like=like, progress=False, **kwargs)
+                          like=like, progress=False, settings=settings)
     except (ValueError, TypeError) as err:  # bad input: say which prompt
         raise type(err)(f"prompt {record.id!r}: {err}") from err
     if len(results) != 1:
