@@ -15,8 +15,11 @@ import time
 import warnings
 from pathlib import Path
 
+from ..engine.settings import InteractionSettings
 from ..engine.sparse import RecoveryWarning
 from ..engine.sparse_result import SparseInteractionResult
+
+RUN_SETTINGS = tuple(f for f in InteractionSettings.field_names() if f not in InteractionSettings().results_dict())
 
 
 def _finite(x):
@@ -35,8 +38,9 @@ def run_sparse(model, tokenizer, records, out_dir: Path, *, budget: int, n_playe
     from ..report import write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    how = RUN_SETTINGS + ("min_r2",)  # how, not what: no effect on the numbers
     settings = {"method": "sparse", "budget": budget, "n_players": n_players,
-                **{k: v for k, v in options.items() if k not in ("memory_budget", "min_r2")}}  # no effect on results
+                **{k: v for k, v in options.items() if k not in how}}
     run = run_identity(model, tokenizer, settings)
     likes, identities, stored, conflicts = {}, {}, {}, {}
     for record in records:
