@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .._extras import needs
 from .._io import write_json_atomic
 from .datasets import prompt_batch
 
@@ -24,7 +25,8 @@ def generate_responses(model, prompts: Sequence[Sequence[int]], *, pad_id: int, 
     sample=True draws from the model's distribution (temperature 1, no top-k/top-p) with torch's global RNG;
     sample=False is greedy. The model is put in eval mode for the call and restored afterwards.
     """
-    from transformers import GenerationConfig
+    with needs("models"):
+        from transformers import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, top_k=0 if sample else None,
                               top_p=1.0 if sample else None, temperature=1.0 if sample else None,
