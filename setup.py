@@ -115,7 +115,7 @@ setup(
     install_requires=["torch>=2.4", "numpy", "tqdm", "rich"],
     extras_require={
         "triton": ["triton"],
-        "models": ["transformers>=4.46", "safetensors", "accelerate", "gguf", "sentencepiece"],
+        "models": ["transformers>=4.46", "safetensors", "accelerate", "gguf", "sentencepiece", "regex"],
         "metrics": ["sacrebleu", "rouge-score", "scipy", "matplotlib"],
         "data": ["reasoning-gym"],
         "trl": ["trl>=0.20"],

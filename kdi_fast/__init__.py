@@ -14,7 +14,8 @@ _LAZY = {
     **dict.fromkeys(("gini", "entropy", "overlap_at_k", "by_order", "simple_complex", "normalise", "agreement",
                      "fidelity", "rouge_l", "mean_ci", "spearman"), "metrics"),
     "compare_models": "metrics.comparison",
-    **dict.fromkeys(("compute_interactions", "InteractionResult"), "engine"),
+    **dict.fromkeys(("compute_interactions", "InteractionResult", "SparseInteractionResult", "compute_values"),
+                    "engine"),
     "write_report": "report",
     **dict.fromkeys(("CIP", "KDLoss", "kd_loss", "HiddenStateL2"), "losses"),
 }

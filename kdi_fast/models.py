@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -92,6 +93,61 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: str | os.PathLike) -> None:
+    """Raise ValueError (naming the directory and the file) unless `path` holds a config.json that is a JSON object
+    with a model_type, and weight files that are whole: every safetensors file as long as its header says."""
+    import json
+
+    path = Path(path)
+    config = path / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no config.json; give a directory saved with save_pretrained") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: config.json is not valid JSON ({err}); restore it (save_pretrained writes "
+                         f"it)") from None
+    if not isinstance(data, dict) or not data.get("model_type"):
+        raise ValueError(f"{path}: config.json has no \"model_type\"; restore it (save_pretrained writes it)")
+    present = [name for name in _WEIGHT_FILES if (path / name).exists()]
+    if not present:
+        raise ValueError(f"{path}: no weights ({', '.join(_WEIGHT_FILES[:1] + _WEIGHT_FILES[2:3])}); the model "
+                         f"directory is incomplete: save it again with save_pretrained")
+    shards = [path / "model.safetensors"] if "model.safetensors" in present else []
+    if "model.safetensors.index.json" in present and not shards:
+        try:
+            index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            shards = [path / name for name in sorted(set(index["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path}: model.safetensors.index.json is damaged ({err})") from None
+    for shard in shards:
+        _check_safetensors(shard)
+
+
+def _check_safetensors(file: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the data its offsets describe."""
+    import json
+
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+            header = json.loads(f.read(head)) if 0 < head <= size - 8 else None
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except FileNotFoundError:
+        raise ValueError(f"{file.parent}: {file.name} is missing (named by the index); save the model again") \
+            from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        end = None
+    if end is None or 8 + head + end > size:
+        raise ValueError(f"{file.parent}: {file.name} is truncated or damaged ({size:,} bytes); copy or save the "
+                         f"model again")
+
+
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     """The tokenizer of a local model directory, or of SmolLM2-135M-Instruct for "smollm2"."""
     from transformers import AutoTokenizer
@@ -146,22 +202,28 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     return lists[0]
 
 
+def keep_layer_indices(total: int, keep_layers: int | list[int]) -> list[int]:
+    """The teacher layers a student keeps: a count k (k layers evenly spaced, first and last kept) or the
+    indices themselves, checked against the teacher's `total` layers (ValueError naming that number)."""
+    if isinstance(keep_layers, int):
+        if not 1 <= keep_layers <= total:
+            raise ValueError(f"keep_layers={keep_layers} must be between 1 and the teacher's {total} layers")
+        if keep_layers == 1:
+            return [0]
+        return sorted({round(i * (total - 1) / (keep_layers - 1)) for i in range(keep_layers)})
+    keep = list(keep_layers)
+    if not keep or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= total:
+        raise ValueError(f"keep_layers must be increasing distinct indices in [0, {total}) (the teacher has "
+                         f"{total} layers), got {keep}")
+    return keep
+
+
 def student_from_teacher(teacher: nn.Module, keep_layers: int | list[int]) -> nn.Module:
     """A student that keeps a subset of the teacher's decoder layers (same tokenizer, copied embeddings/head).
 
     keep_layers: the layer indices to keep, or a count k (then k layers evenly spaced, first and last kept).
     """
-    total = teacher.config.num_hidden_layers
-    if isinstance(keep_layers, int):
-        if not 1 <= keep_layers <= total:
-            raise ValueError(f"keep_layers={keep_layers} must be between 1 and the teacher's {total} layers")
-        if keep_layers == 1:
-            keep_layers = [0]
-        else:
-            keep_layers = sorted({round(i * (total - 1) / (keep_layers - 1)) for i in range(keep_layers)})
-    keep = list(keep_layers)
-    if not keep or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= total:
-        raise ValueError(f"keep_layers must be increasing distinct indices in [0, {total}), got {keep}")
+    keep = keep_layer_indices(teacher.config.num_hidden_layers, keep_layers)
     student = copy.deepcopy(teacher)
     layers = _decoder_layers(student)
     kept = nn.ModuleList([layers[i] for i in keep])
@@ -191,6 +253,7 @@ def fresh_student(teacher: nn.Module, *, seed: int = 0, **config_overrides) -> n
     for key, value in config_overrides.items():
         if not hasattr(config, key):
             raise ValueError(f"{type(config).__name__} has no field {key!r}")
+        _check_override(config, key, value)
         setattr(config, key, value)
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = config.layer_types[: config.num_hidden_layers]
@@ -198,4 +261,29 @@ def fresh_student(teacher: nn.Module, *, seed: int = 0, **config_overrides) -> n
         config.head_dim = config.hidden_size // config.num_attention_heads
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config).eval()
+        try:
+            return AutoModelForCausalLM.from_config(config).eval()
+        except (ValueError, TypeError, RuntimeError) as err:  # e.g. hidden_size not divisible by the heads
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot build a fresh student with {config_overrides}: {first}") from None
+
+
+_SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "n_embd", "n_layer", "n_head", "n_inner")
+
+
+def _check_override(config, key: str, value) -> None:
+    """A config override must have the type of the field it replaces (an int for a size, a number for a float
+    field), and sizes must be >= 1; the message names the field as key=value."""
+    current = getattr(config, key)
+    if isinstance(current, bool) or current is None or isinstance(current, (str, list, dict)):
+        return
+    if isinstance(current, int) and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"fresh student: {key}={value!r}: {type(config).__name__}.{key} must be an int "
+                         f"(the teacher's is {current})")
+    if isinstance(current, float) and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                       or not math.isfinite(value)):
+        raise ValueError(f"fresh student: {key}={value!r}: {type(config).__name__}.{key} must be a number "
+                         f"(the teacher's is {current})")
+    if key in _SIZE_FIELDS and value < 1:
+        raise ValueError(f"fresh student: {key}={value!r}: a size must be >= 1 (the teacher's is {current})")

@@ -69,6 +69,18 @@ def logodds_from_mean_logprob(mean_logprob: Tensor, eps: float = 1e-7) -> Tensor
     return lp - torch.log(-torch.expm1(lp))
 
 
+def tokens_present(player_of_token: Tensor, masks: Tensor) -> Tensor:
+    """Whether each token is present under each mask: player_of_token [T] (or [B, T]) int64, -1 for tokens that
+    are not players (always present); masks [M] (or [B, M]) int64, bit i set = player i present, or (any number
+    of players, one prompt) a bool matrix [M, n], column i = player i present.
+    Returns [M, T] bool (or [B, M, T]). The one definition used by every masking strategy and op."""
+    is_player = player_of_token >= 0
+    bit = player_of_token.clamp(min=0)
+    if masks.dtype == torch.bool:
+        return masks[:, bit] | ~is_player[None, :]
+    return ((masks[..., :, None] >> bit[..., None, :]) & 1).bool() | ~is_player[..., None, :]
+
+
 def masked_embeddings(embeds: Tensor, player_of_token: Tensor, masks: Tensor, baseline: Tensor) -> Tensor:
     """The masked input batch: out[m, t] = embeds[t] if token t is kept under mask m, else baseline.
 
@@ -77,10 +89,7 @@ def masked_embeddings(embeds: Tensor, player_of_token: Tensor, masks: Tensor, ba
     Batched, B prompts at once: embeds [B, T, H], player_of_token [B, T], masks [M] (shared) or [B, M],
     baseline [H], [T, H] or [B, T, H]. Returns [B, M, T, H].
     """
-    player = player_of_token.to(masks.device)
-    is_player = player >= 0
-    bit = torch.where(is_player, player, torch.zeros_like(player))
-    present = ((masks[..., :, None] >> bit[..., None, :]) & 1).bool() | ~is_player[..., None, :]  # [(B,) M, T]
+    present = tokens_present(player_of_token.to(masks.device), masks)  # [(B,) M, T]
     base = baseline.to(embeds.dtype).expand_as(embeds)
     return torch.where(present[..., None], embeds[..., None, :, :], base[..., None, :, :])
 

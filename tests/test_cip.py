@@ -228,8 +228,8 @@ def test_bad_options_and_batches_say_what_to_do():
     model = tiny_causal_lm("gpt2", vocab_size=VOCAB, hidden_size=32)
     with pytest.raises(ValueError, match="labels"):
         CIP(3)(model, {"input_ids": torch.ones(1, 4, dtype=torch.long)})
-    model.config.pad_token_id = None
-    with pytest.raises(ValueError, match="pad_token_id"):
+    model.config.pad_token_id = model.config.eos_token_id = None  # "pad" falls back to eos (test_masking.py)
+    with pytest.raises(ValueError, match="pad_token_id or an eos_token_id"):
         CIP(3)(model, make_batch(), step=0)
 
 

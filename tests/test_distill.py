@@ -61,7 +61,7 @@ def _own_loss(method: str, config: DistillConfig, student, teacher, tokenizer, i
                              shift_labels=True, **options).mean())
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"minillm"}))  # minillm: test_distill_minillm.py
 def test_each_method_lowers_its_loss(method, tokenizer, tmp_path):
     teacher, student = _teacher(), _student()
     examples = EXAMPLES[:2]  # one batch: every step sees the same prompts
@@ -96,7 +96,7 @@ def test_each_method_lowers_its_loss(method, tokenizer, tmp_path):
         assert all(e["source"] == "data" for e in log)
     assert (tmp_path / "run" / "student" / "config.json").is_file()
     assert (tmp_path / "run" / "student_before" / "config.json").is_file()
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # removed once the run completed
+    assert not (tmp_path / "run" / "checkpoints").exists()  # removed once the run completed
 
 
 def _weights_after(tmp_path, name, tokenizer, config, *, stop_after=None):
@@ -105,7 +105,7 @@ def _weights_after(tmp_path, name, tokenizer, config, *, stop_after=None):
     if stop_after is not None:
         with pytest.raises(RunInterrupted):
             distill(teacher, student, tokenizer, EXAMPLES, out, config, progress=False, stop_after=stop_after)
-        assert (out / "checkpoint.pt").is_file()
+        assert list((out / "checkpoints").glob("checkpoint-*/kdi_checkpoint.json"))
         teacher, student = _teacher(), _student()  # a new process: everything rebuilt from scratch
     torch.manual_seed(12345)  # resumption must not depend on the caller's random state
     random.seed(12345)
@@ -151,9 +151,10 @@ def test_shared_teacher_logits_skip_teacher_forwards_and_change_nothing(tokenize
     shared: dict = {}
     distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path / "first", config, progress=False,
             teacher_logits_cache=shared)
-    from kdi_fast.distill.trainer import _batch_indices
+    from kdi_fast.distill.trainer import StreamDataset
 
-    assert len(shared) == len({tuple(_batch_indices(step, 2, 4, config.seed)[0]) for step in range(3)})
+    stream = StreamDataset(EXAMPLES, 6, config.seed)
+    assert len(shared) == len({(stream.index(2 * s), stream.index(2 * s + 1)) for s in range(3)})
     teacher, cached_student = _teacher(), _student()
     calls = []
     teacher.register_forward_hook(lambda *args: calls.append(1))
@@ -173,7 +174,7 @@ def test_completed_run_is_not_redone_and_changed_config_is_refused(tokenizer, tm
     assert again == first
     for key, value in trained.state_dict().items():  # the caller's student now holds the trained weights
         assert torch.equal(value, untrained.state_dict()[key]), key
-    with pytest.raises(ValueError, match="different configuration.*lr"):
+    with pytest.raises(ValueError, match="other inputs.*settings.lr"):
         distill(_teacher(), _student(), tokenizer, EXAMPLES, tmp_path, _config("kd", steps=2, lr=1e-3),
                 progress=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,15 +82,21 @@ def _launch(teacher_dir, data_file, out):
 
 
 @pytest.mark.slow
-def test_cli_run_killed_mid_way_resumes_to_the_same_weights(teacher_dir, data_file, tmp_path):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cli_run_killed_mid_way_resumes_to_the_same_weights(seed, teacher_dir, data_file, tmp_path):
+    import random
+
+    rng = random.Random(seed)  # the kill point: after a seeded number of steps plus a seeded delay (maybe mid-save)
+    after_steps, delay = rng.randint(2, 6), rng.uniform(0.0, 0.3)
     killed = tmp_path / "killed"
     process = _launch(teacher_dir, data_file, killed)
     log = killed / "train_log.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3 and (killed / "checkpoint.pt").is_file():
+        if log.is_file() and len(log.read_text().splitlines()) >= after_steps:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    time.sleep(delay)
     assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read().decode()
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -107,6 +114,7 @@ def test_cli_run_killed_mid_way_resumes_to_the_same_weights(teacher_dir, data_fi
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (killed / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+    assert not (killed / "checkpoints").exists() and not list(killed.glob(".student*"))
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -129,3 +137,142 @@ def test_cli_unknown_method_is_an_argparse_error(teacher_dir, data_file, tmp_pat
         main(_args(teacher_dir, data_file, tmp_path / "out", "--method", "nope"))
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Safety and run identity (issue 10's distill cases), each through the command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """A pickle that creates a directory when loaded as a general pickle."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _finished(teacher_dir, data_file, out, *extra):
+    assert main(_args(teacher_dir, data_file, out, "--steps", "2", "--checkpoint-every", "1", "--no-eval",
+                      *extra)) == 0
+
+
+def test_cli_malicious_pickles_in_out_are_never_run(teacher_dir, data_file, tmp_path, capsys):
+    import pickle
+
+    out = tmp_path / "out"
+    _finished(teacher_dir, data_file, out, "--keep-checkpoints")
+    record = json.loads((out / "run.json").read_text())
+    record["result"] = None  # as if killed after its last checkpoint: the rerun resumes from it
+    (out / "run.json").write_text(json.dumps(record))
+    shutil.rmtree(out / "student")
+    marker = tmp_path / "code-ran"
+    checkpoint = next((out / "checkpoints").glob("checkpoint-*"))
+    for name in ("optimizer.pt", "rng_state.pth"):
+        (checkpoint / name).write_bytes(pickle.dumps({"state": _Payload(marker)}))
+    (out / "checkpoint.pt").write_bytes(pickle.dumps(_Payload(marker)))  # the old loop's checkpoint file
+    assert main(_args(teacher_dir, data_file, out, "--steps", "2", "--checkpoint-every", "1", "--no-eval")) == 2
+    err = capsys.readouterr().err
+    assert "could not be loaded safely" in err and str(checkpoint) in err
+    assert not marker.exists()
+
+
+def test_cli_rerun_with_other_data_or_teacher_is_refused(teacher_dir, data_file, tmp_path, capsys):
+    from kdi_fast.models import tiny_causal_lm
+
+    out = tmp_path / "out"
+    _finished(teacher_dir, data_file, out)
+    other_data = tmp_path / "other.jsonl"
+    other_data.write_text("".join(json.dumps({"prompt": p, "response": r + "!"}) + "\n" for p, r in PAIRS))
+    other_teacher = tmp_path / "teacher2"
+    tiny_causal_lm("llama", hidden_size=32, num_layers=2, num_heads=4, seed=5).save_pretrained(other_teacher)
+    for src in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(teacher_dir / src, other_teacher / src)
+    capsys.readouterr()
+    assert main(_args(teacher_dir, other_data, out, "--steps", "2", "--checkpoint-every", "1", "--no-eval")) == 2
+    assert "data.train" in capsys.readouterr().err
+    assert main(_args(other_teacher, data_file, out, "--steps", "2", "--checkpoint-every", "1", "--no-eval")) == 2
+    err = capsys.readouterr().err
+    assert "teacher.digest" in err and "--overwrite" in err
+    before = json.loads((out / "run.json").read_text())["identity"]
+    _finished(teacher_dir, other_data, out, "--overwrite")
+    assert json.loads((out / "run.json").read_text())["identity"]["data"] != before["data"]
+
+
+def test_failed_or_killed_run_leaves_nothing_that_blocks_the_corrected_rerun(teacher_dir, data_file, tmp_path):
+    from kdi_fast.distill import DistillConfig, RunInterrupted, distill
+    from kdi_fast.distill.datasets import load_examples
+    from kdi_fast.models import load_model, load_tokenizer
+
+    out = tmp_path / "out"
+    teacher, tokenizer = load_model(teacher_dir), load_tokenizer(teacher_dir)
+    student = load_model(teacher_dir)
+    config = DistillConfig("kd", steps=3, batch_size=2, lr=1e-3, max_length=48, checkpoint_every=100)
+    with pytest.raises(RunInterrupted):  # stopped before its first checkpoint: nothing to resume
+        distill(teacher, student, tokenizer, load_examples(data_file), out, config, progress=False, stop_after=1)
+    assert (out / "run.json").is_file() and not list(out.glob("checkpoints/checkpoint-*/kdi_checkpoint.json"))
+    _finished(teacher_dir, data_file, out, "--lr", "5e-3")  # other settings: not refused
+    assert json.loads((out / "run.json").read_text())["config"]["lr"] == 5e-3
+
+
+def test_resume_repairs_a_damaged_last_log_line_and_removes_unfinished_checkpoints(teacher_dir, data_file,
+                                                                                   tmp_path):
+    from kdi_fast.distill import DistillConfig, RunInterrupted, distill
+    from kdi_fast.distill.datasets import load_examples
+    from kdi_fast.models import load_model, load_tokenizer
+
+    out = tmp_path / "out"
+    tokenizer, examples = load_tokenizer(teacher_dir), load_examples(data_file)
+    config = DistillConfig("kd", steps=4, batch_size=2, lr=1e-3, max_length=48, checkpoint_every=2)
+    with pytest.raises(RunInterrupted):
+        distill(load_model(teacher_dir), load_model(teacher_dir), tokenizer, examples, out, config, progress=False,
+                stop_after=3)
+    log = out / "train_log.jsonl"
+    log.write_text(log.read_text() + '{"step": 4, "lo')  # killed mid-line
+    unfinished = out / "checkpoints" / "checkpoint-3"  # killed mid-save: no kdi_checkpoint.json
+    unfinished.mkdir()
+    (unfinished / "model.safetensors").write_bytes(b"partial")
+    with pytest.warns(UserWarning) as caught:
+        distill(load_model(teacher_dir), load_model(teacher_dir), tokenizer, examples, out, config, progress=False)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "damaged last line" in messages and str(log) in messages and "checkpoint-3" in messages
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert not (out / "checkpoints").exists() and not list(out.glob(".student.*"))
+    # A damaged line that is not the last cannot be a kill mid-write: reported with the file's name.
+    record = json.loads((out / "run.json").read_text())
+    record["result"] = None
+    (out / "run.json").write_text(json.dumps(record))
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "{oops", *lines[2:]]) + "\n")
+    with pytest.raises(RunInterrupted):  # the run restarts from scratch (no checkpoint left): the log is rewritten
+        distill(load_model(teacher_dir), load_model(teacher_dir), tokenizer, examples, out, config, progress=False,
+                stop_after=3)
+    lines = log.read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
+    log.write_text("\n".join(["{oops", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=f"{log} line 1 is damaged"):
+        distill(load_model(teacher_dir), load_model(teacher_dir), tokenizer, examples, out, config, progress=False)
+
+
+@pytest.mark.parametrize("option, value", [("--lr", "inf"), ("--temperature", "inf"), ("--cip", "nan"),
+                                           ("--teacher-noise", "nan"), ("--lr", "-1")])
+def test_cli_numeric_options_are_validated(option, value, teacher_dir, data_file, tmp_path, capsys):
+    assert main(_args(teacher_dir, data_file, tmp_path / "out", option, value)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and (option in err or option[2:].replace("-", "_") in err)
+
+
+def test_cli_refuses_an_out_held_by_another_run(teacher_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdi_fast._lock import output_lock\n"
+                               f"with output_lock({str(out)!r}, command='kdi distill'):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        assert main(_args(teacher_dir, data_file, out, "--steps", "1")) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()

@@ -288,7 +288,7 @@ def test_teacher_and_student_tokenizers_differ(llama64, smollm_tokenizer, tiny_l
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(masking="bogus"), ValueError, "masking must be one of"),
     (dict(baseline="nothing"), ValueError, "baseline must be one of"),
-    (dict(masking="token", baseline="zeros"), ValueError, "must be a token"),
+    (dict(masking="token", baseline="zeros"), ValueError, "does not fit masking='token'"),
     (dict(baseline=10 ** 6), ValueError, "outside the model's vocabulary"),
     (dict(memory_budget="lots"), ValueError, "give a size like"),
     (dict(targets=["a", "b"]), ValueError, "one entry per prompt"),

@@ -149,3 +149,40 @@ def test_prompt_errors(smollm_tokenizer, word_level_tokenizer):
         encode_prompt(smollm_tokenizer, ["a"])
     with pytest.raises(ValueError, match="no chat template"):
         encode_prompt(word_level_tokenizer, "the cat", chat_template=True)
+
+
+# ---- words are made of grapheme clusters: a byte-order mark or a combining accent is never a word ----
+
+_NFC = "Le caf\u00e9 na\u00efve est tr\u00e8s bon, d\u00e9j\u00e0 vu."
+
+
+def test_split_words_keeps_combining_accents_in_their_word():
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", _NFC)
+    assert nfd != _NFC and len(nfd) > len(_NFC)
+    words_nfc = [_NFC[a:b] for a, b in split_words(_NFC)]
+    words_nfd = [nfd[a:b] for a, b in split_words(nfd)]
+    assert words_nfc == ["Le", "caf\u00e9", "na\u00efve", "est", "tr\u00e8s", "bon", ",", "d\u00e9j\u00e0", "vu", "."]
+    assert [unicodedata.normalize("NFC", w) for w in words_nfd] == words_nfc
+
+
+@pytest.mark.parametrize("prefix", ["\ufeff", "\u0301", "\u200b"])
+def test_a_byte_order_mark_or_a_lone_mark_is_not_a_word(prefix):
+    text = prefix + "Hello world"
+    assert [text[a:b] for a, b in split_words(text)] == ["Hello", "world"]
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+def test_real_tokenizer_words_with_nfc_and_nfd_input(smollm_tokenizer, form):
+    import unicodedata
+
+    prompt = unicodedata.normalize(form, "\ufeff" + _NFC)
+    enc = encode_prompt(smollm_tokenizer, prompt)
+    # the model sees the text unchanged (no normalisation by kdi_fast; the byte-level tokenizer keeps bytes)
+    assert list(enc.input_ids) == smollm_tokenizer(prompt)["input_ids"]
+    assert smollm_tokenizer.decode(enc.input_ids) == prompt
+    assert [unicodedata.normalize("NFC", w) for w in enc.words] == \
+        ["Le", "caf\u00e9", "na\u00efve", "est", "tr\u00e8s", "bon", ",", "d\u00e9j\u00e0", "vu", "."]
+    players = choose_players(enc, 4)
+    assert all(any(c.isalnum() for c in enc.words[w]) for (w,) in players)

@@ -23,14 +23,16 @@ def _sequence(model, owner, masking, *, prompt_len, seed=0, baseline="pad"):
     target = torch.cat([ids[prompt_len:], torch.randint(3, VOCAB, (1,), generator=g)])
     assert target.shape[0] == target_len
     n = max(owner) + 1
-    seq = MaskedSequence(input_ids=ids, owner=torch.tensor(owner), n=n, masking=masking)
+    embeds, base = None, None
     if masking == "embedding":
         emb = model.get_input_embeddings()
-        seq.embeds = emb(ids).detach()
-        seq.baseline = torch.zeros(seq.embeds.shape[1], dtype=seq.embeds.dtype) if baseline == "zeros" else \
+        embeds = emb(ids).detach()
+        base = torch.zeros(embeds.shape[1], dtype=embeds.dtype) if baseline == "zeros" else \
             emb(torch.tensor([2]))[0].detach()
     elif masking == "token":
-        seq.baseline_id = 2
+        base = 2
+    seq = MaskedSequence(input_ids=ids, owner=torch.tensor(owner), n=n, masking=masking, baseline=base,
+                         embeds=embeds)
     prediction = list(range(prompt_len - 1, prompt_len - 1 + target_len))
     return seq, target, prediction
 
@@ -44,11 +46,11 @@ def _naive(model, seq, target, prediction):
     with torch.no_grad():
         for mask in range(1 << seq.n):
             present = [o < 0 or bool(mask >> o & 1) for o in owner]
-            if seq.masking == "embedding":
+            if seq.masking.name == "embedding":
                 embeds = torch.stack([seq.embeds[t] if present[t] else seq.baseline for t in range(len(ids))])
                 kwargs = dict(inputs_embeds=embeds[None])
-            elif seq.masking == "token":
-                kwargs = dict(input_ids=torch.tensor([[i if p else seq.baseline_id for i, p in zip(ids, present)]]))
+            elif seq.masking.name == "token":
+                kwargs = dict(input_ids=torch.tensor([[i if p else seq.baseline for i, p in zip(ids, present)]]))
             else:
                 kwargs = dict(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([present]).long())
             logits = model(**kwargs, position_ids=positions).logits[0].double().log_softmax(-1)

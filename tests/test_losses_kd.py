@@ -318,3 +318,106 @@ def test_hidden_state_l2_with_and_without_projection():
     assert w.grad.abs().sum() > 0 and hs.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="projection"):
         HiddenStateL2(6, 9, projection=False)
+
+
+# ---- non-finite logits: -inf is probability 0 (a masked vocabulary); NaN and +inf are errors ----
+
+_MASKED = [3, 7]  # vocabulary ids the student cannot produce (logit -inf)
+_FINITE_CASES = [("reverse_kl", {}), ("jsd", dict(beta=0.5)), ("jsd", dict(beta=0.9)),
+                 ("skew_reverse_kl", dict(alpha=0.1)), ("skew_forward_kl", dict(alpha=0.1)), ("tvd", {}),
+                 ("l1", {}), ("l2_squared", {}), ("ab", dict(alpha=0.2, beta=0.7))]
+
+
+def _xkl(a, b):
+    """KL(A||B) on probabilities with 0 log 0 = 0 (and +inf where A > 0 = B)."""
+    return (torch.xlogy(a, a) - torch.xlogy(a, b)).sum(-1)
+
+
+def _dense_zero_safe(name, p, q, alpha=None, beta=None):
+    if name == "reverse_kl":
+        return _xkl(q, p)
+    if name == "jsd":
+        m = beta * p + (1 - beta) * q
+        return (beta * _xkl(p, m) + (1 - beta) * _xkl(q, m)) / (beta * (1 - beta))
+    if name == "skew_reverse_kl":
+        return _xkl(q, alpha * q + (1 - alpha) * p)
+    if name == "skew_forward_kl":
+        return _xkl(p, alpha * p + (1 - alpha) * q)
+    return dense(name, p, q, alpha=alpha, beta=beta)
+
+
+@pytest.mark.parametrize("name,params", _FINITE_CASES, ids=[f"{n}-{p}" for n, p in _FINITE_CASES])
+def test_minus_inf_student_logits_are_zero_probability_with_finite_gradients(name, params):
+    base = _logits(1)
+    student = base.clone()
+    student[..., _MASKED] = -math.inf
+    student.requires_grad_()
+    teacher, labels = _logits(2), _labels()
+    out = kd_loss(student, teacher, labels, divergence=name, chunk_size=3, **params)
+    grad = torch.autograd.grad(out.sum, student)[0]
+    assert torch.isfinite(out.sum) and torch.isfinite(grad).all()
+    assert torch.all(grad[..., _MASKED] == 0)
+    # reference: the dense formula with the student's probabilities exactly 0 at the masked ids (constants, so
+    # autograd sees only the other ids) and the softmax over the other ids
+    kept = [v for v in range(V) if v not in _MASKED]
+    finite = base[..., kept].clone().requires_grad_()
+    q = torch.zeros_like(base)
+    q[..., kept] = torch.softmax(finite, -1)
+    p = torch.softmax(teacher, -1)
+    keep = labels != -100
+    want = _dense_zero_safe(name, p, q, **params)[keep].sum()
+    torch.testing.assert_close(out.sum, want, rtol=1e-10, atol=1e-12)
+    want_grad = torch.autograd.grad(want, finite)[0]
+    torch.testing.assert_close(grad[..., kept], want_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_forward_kl_with_a_masked_vocabulary_on_both_sides_is_finite():
+    student, teacher, labels = _logits(1), _logits(2), _labels()
+    student[..., _MASKED] = -math.inf
+    teacher[..., _MASKED] = -math.inf
+    student.requires_grad_()
+    out = kd_loss(student, teacher, labels, chunk_size=3)
+    grad = torch.autograd.grad(out.sum, student)[0]
+    assert torch.isfinite(out.sum) and torch.isfinite(grad).all()
+    keep = [v for v in range(V) if v not in _MASKED]
+    want = dense_loss("forward_kl", student[..., keep], teacher[..., keep], labels)[0]
+    torch.testing.assert_close(out.sum, want)
+
+
+def test_forward_kl_where_the_student_excludes_a_teacher_token_is_an_error_naming_it():
+    student, teacher = _logits(1), _logits(2)
+    student[1, 3, 7] = -math.inf
+    with pytest.raises(ValueError, match=r"forward_kl is \+inf at token \(1, 3\).*vocabulary id 7"):
+        kd_loss(student, teacher)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
+def test_nan_or_plus_inf_teacher_logits_raise_naming_the_token(name, bad):
+    student, teacher = _logits(1), _logits(2)
+    teacher[0, 4, 2] = bad
+    with pytest.raises(ValueError, match=r"teacher logits of token \(0, 4\)"):
+        kd_loss(student, teacher, divergence=name, chunk_size=3)
+
+
+def test_nan_student_logits_raise():
+    student, teacher = _logits(1), _logits(2)
+    student[1, 0, 5] = math.nan
+    with pytest.raises(ValueError, match=r"student logits of token \(1, 0\)"):
+        kd_loss(student, teacher, divergence="reverse_kl")
+
+
+def test_bad_teacher_tokens_can_be_skipped_and_counted():
+    student, teacher, labels = _logits(1).requires_grad_(), _logits(2), _labels()
+    teacher[0, 3, 1] = math.nan
+    teacher[1, 1, :] = -math.inf  # a teacher that gives no token any probability
+    out = kd_loss(student, teacher, labels, invalid_teacher="skip", chunk_size=2)
+    keep = labels != -100
+    keep[0, 3] = keep[1, 1] = False
+    ref_sum, ref_count = dense_loss("forward_kl", student, teacher, torch.where(keep, labels, -100))
+    assert int(out.count) == ref_count == int((labels != -100).sum()) - 2 and int(out.skipped) == 2
+    torch.testing.assert_close(out.sum, ref_sum)
+    grad = torch.autograd.grad(out.sum, student)[0]
+    assert torch.isfinite(grad).all() and torch.all(grad[0, 3] == 0) and torch.all(grad[1, 1] == 0)
+    with pytest.raises(ValueError, match="invalid_teacher"):
+        kd_loss(student, teacher, labels, invalid_teacher="ignore")

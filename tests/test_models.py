@@ -73,3 +73,18 @@ def test_smollm2_real_model_generates():
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_fresh_student_with_a_value_of_the_wrong_type_is_a_clear_error():
+    from kdi_fast.distill import build_student
+    from kdi_fast.models import fresh_student, tiny_causal_lm
+
+    teacher = tiny_causal_lm("llama", vocab_size=64, num_layers=4)
+    for recipe, field in (("fresh:hidden_size=abc", "hidden_size"), ("fresh:num_hidden_layers=2.5", "num_hidden_layers"),
+                          ("fresh:rms_norm_eps=small", "rms_norm_eps")):
+        with pytest.raises(ValueError, match=rf"{field}=.*must be an? (int|number)"):
+            build_student(teacher, recipe)
+    with pytest.raises(ValueError, match="hidden_size=0"):
+        fresh_student(teacher, hidden_size=0)
+    student = fresh_student(teacher, num_hidden_layers=2, rms_norm_eps=1e-5)
+    assert student.config.num_hidden_layers == 2 and student.config.rms_norm_eps == 1e-5

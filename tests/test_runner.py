@@ -143,9 +143,9 @@ def test_restart_with_other_settings_is_refused_unless_overwrite(tmp_path, lm, m
         run_interactions(model, tok, RECORDS[:2], tmp_path, **{**SETTINGS, "n_players": 2})
     with pytest.raises(ValueError, match="settings.masking: 'embedding' -> 'token'"):
         run_interactions(model, tok, RECORDS[:2], tmp_path, masking="token", **SETTINGS)
-    with pytest.raises(ValueError, match="data: other prompts"):
+    with pytest.raises(ValueError, match="prompt.prompt: 'The small cat"):
         run_interactions(model, tok, [PromptRecord("a", "Another prompt entirely")], tmp_path, **SETTINGS)
-    with pytest.raises(ValueError, match="model: "):
+    with pytest.raises(ValueError, match="model.name: "):
         run_interactions(model, tok, RECORDS[:2], tmp_path, model_name="another-model", **SETTINGS)
     with pytest.raises(ValueError, match="dtype: 'float32' -> 'float64'"):
         run_interactions(copy.deepcopy(model).double(), tok, RECORDS[:2], tmp_path, **SETTINGS)

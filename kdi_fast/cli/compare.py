@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..engine.masking import MASKINGS
+
 DEFAULT_PROMPT_IDS = (
     "green-hand", "doctor-visit", "moon-orbits", "key-lock", "not-happy", "week-days", "clock-hours", "thank-you",
 )
@@ -60,7 +62,7 @@ def register(subparsers) -> None:
                    help="final-answer extractor for agreement: number (the last number: math answers), word (the "
                         "first word: short completions) or number-or-word (the last number if there is one, else "
                         "the first word). Default: word for the built-in prompts (short completions), else number")
-    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
                    help="how absent players are masked (default embedding)")
     p.add_argument("--baseline", default="pad", help="pad, unk, zeros, mean or a token id (default pad)")
     p.add_argument("--chat-template", action="store_true",
@@ -79,6 +81,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="recompute every model even if OUT holds its results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .interactions import add_sparse_arguments
+
+    add_sparse_arguments(p)
+    p.add_argument("--top-k", type=int, default=50,
+                   help="with --budget: K of Overlap@K and Gini@K over the recovered coefficients (default 50)")
     p.set_defaults(run=run)
 
 
@@ -142,14 +149,6 @@ def _records(data: str | None, limit: int | None):
     return records[:limit] if limit is not None else records
 
 
-def _check_model_arg(spec: str, what: str) -> None:
-    from ..models import DEFAULT_MODEL
-
-    if parse_layers(spec) is None and spec.lower() not in (DEFAULT_MODEL, "default") and not Path(spec).is_dir():
-        raise FileNotFoundError(f"{what} {spec!r} is not a directory; give a Hugging Face model directory, "
-                                f"'{DEFAULT_MODEL}', or (students) layers:K")
-
-
 def _describe(model) -> str:
     params = sum(p.numel() for p in model.parameters())
     layers = getattr(model.config, "num_hidden_layers", "?")
@@ -161,16 +160,18 @@ def _generate(model, tokenizer, records, max_new_tokens: int, chat_template: boo
     """Each model's own greedy continuation of every prompt (for agreement/BLEU/ROUGE-L), cached in `cache`."""
     from tqdm.auto import tqdm
 
+    from ..engine.identity import weights_sha256
     from ..engine.players import encode_prompt
     from ..engine.target import greedy_target
     from ..report import write_json
 
     stored = json.loads(cache.read_text()) if cache.exists() else {}
+    weights = weights_sha256(model)  # a cached text is reused only for the same weights, input and length
     texts = []
     changed = False
     for record in tqdm(records, desc=f"generating ({label})", unit="prompt", disable=not progress):
         ids = list(encode_prompt(tokenizer, record.prompt, chat_template=chat_template).input_ids)
-        key = hashlib.sha256(json.dumps([ids, max_new_tokens]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([ids, max_new_tokens, weights]).encode()).hexdigest()[:16]
         hit = stored.get(record.id)
         if hit and hit.get("key") == key:
             texts.append(hit["text"])
@@ -201,9 +202,11 @@ def _run(args: argparse.Namespace) -> int:
     from ..engine.runner import load_results, run_interactions
     from ..data import BUILTIN_PROMPTS
     from ..metrics.comparison import compare_models
-    from ..models import load_model, load_tokenizer, student_from_teacher
+    from ..models import load_model, student_from_teacher
     from ..report import write_report
-    from .interactions import _device, parse_baseline, parse_size
+    from ..models import keep_layer_indices
+    from .checks import check_model_dir, check_number, check_seed, parse_device
+    from .interactions import load_tokenizer_arg, parse_baseline, parse_size
 
     started = time.perf_counter()
     # Everything cheap is checked before a model is loaded.
@@ -212,19 +215,18 @@ def _run(args: argparse.Namespace) -> int:
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     ks = parse_ks(args.ks)
-    if not 0 < args.k <= 1:
-        raise ValueError(f"--k must lie in (0, 1], got {args.k}")
-    if not 0 <= args.salient < 1:
-        raise ValueError(f"--salient is a fraction of the largest |I_S| in [0, 1), got {args.salient}")
+    check_number("--k", args.k, low=0, high=1, low_open=True)
+    check_number("--salient", args.salient, low=0, high=1, high_open=True)  # a fraction of the largest |I_S|
     if args.max_simple_order is not None and args.max_simple_order < 0:
         raise ValueError(f"--max-simple-order must be >= 0, got {args.max_simple_order}")
+    check_seed("--seed", args.seed)
     baseline = parse_baseline(args.baseline)
     memory_budget = parse_size(args.memory_budget)
     specs = list(args.student) if args.student else [DEFAULT_STUDENT]
-    _check_model_arg(args.teacher, "--teacher")
+    check_model_dir("--teacher", args.teacher)
     for spec in specs:
-        _check_model_arg(spec, "--student")
-        parse_layers(spec)
+        if parse_layers(spec) is None:
+            check_model_dir("--student", spec)
     labels = student_labels(specs)
     records = _records(args.data, args.limit)
     if not records:
@@ -239,10 +241,10 @@ def _run(args: argparse.Namespace) -> int:
 
         hf_logging.disable_progress_bar()
 
-    device = _device(args.device)
+    device = parse_device("--device", args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.tokenizer or args.teacher)
+    tokenizer = load_tokenizer_arg(args.tokenizer, args.teacher, "--teacher")
     settings = dict(n_players=args.n, max_target_tokens=args.target_tokens, masking=args.masking,
                     baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
                     overwrite=args.overwrite, progress=progress, extra_settings={"seed": args.seed})
@@ -255,9 +257,28 @@ def _run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr, flush=True)
 
     say(f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
+    if args.budget is not None:
+        from ..engine.sparse import min_budget
+
+        if args.budget < min_budget(args.n):
+            raise ValueError(f"--budget {args.budget} is too small for --n {args.n}: sparse recovery needs at "
+                             f"least {min_budget(args.n)} masks (held-out ones included)")
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     t0 = time.perf_counter()
     teacher = load_model(args.teacher, dtype=dtype, device=device)
+    for spec in specs:  # a student the teacher cannot give is refused before any computation
+        if parse_layers(spec) is not None:
+            try:
+                keep_layer_indices(teacher.config.num_hidden_layers, parse_layers(spec))
+            except ValueError:
+                raise ValueError(f"--student {spec}: the teacher has {teacher.config.num_hidden_layers} layers; "
+                                 f"give layers:K with 1 <= K <= {teacher.config.num_hidden_layers}, or increasing "
+                                 f"indices below {teacher.config.num_hidden_layers}") from None
     described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
+    if args.budget is not None:
+        return _run_sparse_compare(args, teacher, tokenizer, specs, labels, records, runs, out, described, device,
+                                   dtype, baseline, memory_budget, progress, started)
     say(f"[teacher] interactions of {described['teacher']}")
     done = {"teacher": run_interactions(teacher, tokenizer, records, runs / "teacher",
                                         model_name=f"teacher:{args.teacher}", **settings)}
@@ -327,3 +348,46 @@ def _ordered(by_id: dict, records) -> list:
     if missing:
         raise ValueError(f"results are missing for {missing[:5]}; run again with --overwrite")
     return [by_id[r.id] for r in records]
+
+
+def _run_sparse_compare(args, teacher, tokenizer, specs, labels, records, runs, out, described, device, dtype,
+                        baseline, memory_budget, progress, started) -> int:
+    """--budget: teacher and students recovered sparsely on the same masks; report over the recovered terms."""
+    import torch
+
+    from ..models import load_model, student_from_teacher
+    from .sparse_runs import run_sparse, sparse_report
+
+    options = dict(budget=args.budget, n_players=args.n, overwrite=args.overwrite, progress=progress,
+                   max_target_tokens=args.target_tokens, masking=args.masking, baseline=baseline,
+                   chat_template=args.chat_template, memory_budget=memory_budget, max_order=args.max_order,
+                   seed=args.seed, min_r2=args.min_r2)
+    timings = {}
+    t0 = time.perf_counter()
+    teacher_results = run_sparse(teacher, tokenizer, records, runs / "teacher", **options)
+    timings["teacher"] = time.perf_counter() - t0
+    students = {}
+    for spec, label in zip(specs, labels):
+        t0 = time.perf_counter()
+        layers = parse_layers(spec)
+        if layers is not None:
+            model = student_from_teacher(teacher, keep_layers=layers)
+            described[label] = f"{layers if isinstance(layers, int) else len(layers)} of the teacher's layers"
+        else:
+            model = load_model(spec, dtype=dtype, device=device)
+            described[label] = f"{spec} ({_describe(model)})"
+        students[label] = run_sparse(model, tokenizer, records, runs / label, like_dir=runs / "teacher", **options)
+        del model
+        timings[label] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    run_info = {**described, "prompts": len(records), "players": args.n,
+                "budget": f"{args.budget} masks per model and prompt, {teacher_results[0].settings['held_out_masks']} "
+                          f"of them uniformly random held-out masks for R^2",
+                "masking": f"{args.masking}, baseline {args.baseline}" + (", chat template" if args.chat_template
+                                                                          else ""),
+                "device": f"{device} ({torch.get_num_threads()} threads), {args.dtype}",
+                "time": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())}
+    report = sparse_report(teacher_results, students, records, out, args.top_k, run_info)
+    print(f"report:  {report}")
+    print(f"summary: {out / 'summary.json'}")
+    return 0

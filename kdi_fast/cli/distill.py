@@ -2,7 +2,10 @@
 
     kdi distill --teacher smollm2 --student layers:10 --method kd --data instruct:200 --steps 100 --out runs/kd
 
-Run it again with the same options and --out to resume a killed run from its last checkpoint.
+Run it again with the same options and --out to resume a killed run from its last checkpoint; other inputs in
+the same --out are refused (or replaced with --overwrite). Several processes or machines:
+    torchrun --nproc_per_node 8 -m kdi_fast distill ...
+    accelerate launch --config_file examples/accelerate/fsdp.yaml -m kdi_fast distill ...
 """
 
 from __future__ import annotations
@@ -42,8 +45,23 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=256, help="prompt + response tokens (default 256)")
     p.add_argument("--max-new-tokens", type=int, default=64,
                    help="length of generated responses: on-policy samples, SeqKD, evaluation (default 64)")
+    p.add_argument("--grad-accum", type=int, default=1, metavar="K",
+                   help="micro-batches per optimizer step (loss normalised by the step's tokens; default 1)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (device permitting)")
+    precision.add_argument("--fp16", action="store_true", help="float16 mixed precision (device permitting)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--report-to", default="none",
+                   help="trackers transformers supports, comma-separated (tensorboard, wandb, ...; default none)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="K",
+                   help="held-out loss every K steps during training (0: only at the end; default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=25, metavar="K")
+    p.add_argument("--save-total-limit", type=int, default=1, help="checkpoints kept during the run (default 1)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after the run")
+    p.add_argument("--overwrite", action="store_true", help="replace a run of other inputs found in --out")
     p.add_argument("--seqkd-cache", default=None, help="file of the teacher's cached outputs (default OUT/...)")
     p.add_argument("--interaction-prompts", type=int, default=8,
                    help="held-out prompts whose interactions are compared (0: skip; default 8)")
@@ -75,28 +93,56 @@ def _data(args) -> tuple[list, list]:
 
 def run(args) -> int:
     from ..distill import DistillConfig, build_student, distill
-    from ..distill.evaluate import EvalSettings, evaluate_run
     from ..models import load_model, load_tokenizer
+
+    from .._lock import output_lock
+    from ..distill.run import _process_group
+    from .checks import check_model_dir, check_number, check_seed, parse_device
 
     if args.eval_size < 1:
         raise ValueError(f"--eval-size must be positive, got {args.eval_size}")
+    check_number("--lr", args.lr, low=0, low_open=True)
+    check_number("--temperature", args.temperature, low=0, low_open=True)
+    for flag, value in (("--cip", args.cip), ("--teacher-noise", args.teacher_noise),
+                        ("--weight-decay", args.weight_decay)):
+        check_number(flag, value, low=0)
+    check_seed("--seed", args.seed)
+    device = parse_device("--device", args.device)
+    check_model_dir("--teacher", args.teacher)
     config = DistillConfig(
         method=args.method, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         temperature=args.temperature, teacher_noise=args.teacher_noise, max_length=args.max_length,
         max_new_tokens=args.max_new_tokens, seed=args.seed, cip_weight=args.cip, cip_m=args.cip_m,
-        checkpoint_every=args.checkpoint_every)
-    train, held_out = _data(args)
-    teacher = load_model(args.teacher, device=args.device)
-    tokenizer = load_tokenizer(args.teacher)
-    student = build_student(teacher, args.student, seed=args.seed)
+        checkpoint_every=args.checkpoint_every, grad_accum=args.grad_accum, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        gradient_checkpointing=args.gradient_checkpointing, report_to=args.report_to, eval_every=args.eval_every,
+        save_total_limit=args.save_total_limit, keep_checkpoint=args.keep_checkpoints)
     out = Path(args.out)
-    result = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:16],
-                     seqkd_cache=args.seqkd_cache, progress=not args.no_progress)
-    print(f"distilled with {args.method}: {result.steps} steps in {result.seconds:.0f} s, loss "
-          f"{result.first_loss:.4g} -> {result.last_loss:.4g}; student saved to {out / 'student'}")
+    _process_group(str(device))
+    with output_lock(out, command="kdi distill"):
+        train, held_out = _data(args)
+        teacher = load_model(args.teacher, device=device)
+        tokenizer = load_tokenizer(args.teacher)
+        student = build_student(teacher, args.student, seed=args.seed)
+        result = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:16],
+                         seqkd_cache=args.seqkd_cache, progress=not args.no_progress, overwrite=args.overwrite)
+        return _report(args, out, result, teacher, student, tokenizer, held_out)
+
+
+def _report(args, out: Path, result, teacher, student, tokenizer, held_out) -> int:
+    from accelerate import PartialState
+
+    from ..distill.evaluate import EvalSettings, evaluate_run
+    from ..models import load_model
+
+    if not PartialState().is_main_process:  # the evaluation runs once, in the main process
+        return 0
+    loss = "" if result.first_loss is None else f", loss {result.first_loss:.4g} -> {result.last_loss:.4g}"
+    print(f"distilled with {args.method}: {result.steps} steps in {result.seconds:.0f} s{loss}; student saved to "
+          f"{out / 'student'}")
     if args.no_eval:
         return 0
-    before = load_model(out / "student_before", device=args.device)
+    before = load_model(out / "student_before", device=next(student.parameters()).device)
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, interaction_prompts=args.interaction_prompts,
                             n_players=args.n_players, progress=not args.no_progress)
     summary = evaluate_run(teacher, before, student.eval(), tokenizer, held_out, out, settings)

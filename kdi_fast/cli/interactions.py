@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from ..engine.masking import BASELINES, MASKINGS
+
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*")
 
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
                         "'0,2,5', or groups joined by '+': '0+1,3,5+6'")
     p.add_argument("--target-tokens", type=int, default=16,
                    help="length L of the greedy target y* when a prompt has no \"target\" (default 16)")
-    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding",
+    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
                    help="how absent players are masked (default embedding: baseline-embedding replacement)")
     p.add_argument("--baseline", default="pad",
                    help="what replaces a masked word: pad, unk, zeros, mean or a token id (default pad)")
@@ -56,7 +58,19 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute every prompt even if OUT holds results (needed when the settings changed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sparse_arguments(p)
     p.set_defaults(run=run)
+
+
+def add_sparse_arguments(p) -> None:
+    """--budget / --max-order / --min-r2: sparse recovery for long prompts (17 to 1,000 players)."""
+    p.add_argument("--budget", type=int, default=None,
+                   help="sparse recovery from BUDGET masked inputs (held-out masks for R^2 included) instead of "
+                        "all 2^n: for 17 to 1,000 players, e.g. --n 64 --budget 8000")
+    p.add_argument("--max-order", type=int, default=3, choices=(1, 2, 3),
+                   help="with --budget: the largest order of the recovered interactions (default 3)")
+    p.add_argument("--min-r2", type=float, default=0.5,
+                   help="with --budget: warn when the held-out R^2 falls below this (default 0.5)")
 
 
 def parse_players(spec: str | None) -> list | None:
@@ -84,7 +98,7 @@ def parse_size(text: str | None) -> int | None:
 
 
 def parse_baseline(text: str) -> str | int:
-    if text in ("pad", "unk", "zeros", "mean"):
+    if text in BASELINES:
         return text
     try:
         token_id = int(text)
@@ -100,22 +114,24 @@ def run(args: argparse.Namespace) -> int:
 
     from .._lock import output_lock
     from ..data import load_prompts
+    from .checks import check_model_dir, check_number, check_seed, parse_device
     from ..engine.runner import run_interactions
-    from ..models import DEFAULT_MODEL, load_model, load_tokenizer
+    from ..models import DEFAULT_MODEL, load_model
 
     # Check everything cheap before loading a model.
     for name, value, low in (("--n", args.n, 1), ("--target-tokens", args.target_tokens, 1),
                              ("--limit", args.limit, 1)):
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
+    check_seed("--seed", args.seed)
+    check_number("--min-r2", args.min_r2, high=1)  # a held-out R^2 is at most 1
     players = parse_players(args.players)
     baseline = parse_baseline(args.baseline)
     memory_budget = parse_size(args.memory_budget)
     records = load_prompts(args.data)
     is_default = str(args.model).lower() in (DEFAULT_MODEL, "default")
-    if not is_default and not Path(args.model).is_dir():
-        raise FileNotFoundError(f"--model {args.model!r} is not a directory; give a Hugging Face model directory "
-                                f"(saved with save_pretrained) or leave --model out for SmolLM2-135M-Instruct")
+    check_model_dir("--model", args.model)
+    device = parse_device("--device", args.device)
     model_name = DEFAULT_MODEL if is_default else str(Path(args.model).resolve())
     out_dir = Path(args.out) if args.out else Path("runs") / "interactions" / (
         DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
@@ -124,12 +140,13 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.budget is not None:
+        return _run_sparse(args, records, out_dir, players, baseline, memory_budget, device)
     dist = _init_distributed(args.device)
     try:
         with output_lock(out_dir, command="kdi interactions"):  # before the model loads: fail fast
-            device = _device(args.device)
             torch.manual_seed(args.seed)
-            tokenizer = _load_tokenizer(args.tokenizer or args.model, load_tokenizer)
+            tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
             model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
             summary = run_interactions(
                 model, tokenizer, records, out_dir, model_name=model_name, players=players, n_players=args.n,
@@ -150,24 +167,62 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sparse(args, records, out_dir: Path, players, baseline, memory_budget, device) -> int:
+    import torch
+
+    from .._lock import output_lock
+    from ..engine.sparse import min_budget
+    from ..models import load_model
+    from .sparse_runs import print_sparse, run_sparse
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--budget (sparse recovery) runs in one process; launch it without torchrun")
+    if args.budget < min_budget(args.n):
+        raise ValueError(f"--budget {args.budget} is too small for --n {args.n}: sparse recovery needs at least "
+                         f"{min_budget(args.n)} masks (held-out ones included)")
+    if args.limit is not None:
+        records = records[:args.limit]
+    with output_lock(out_dir, command="kdi interactions --budget"):
+        torch.manual_seed(args.seed)
+        tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
+        model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+        results = run_sparse(model, tokenizer, records, out_dir, budget=args.budget, n_players=args.n,
+                             like_dir=Path(args.like) if args.like else None, overwrite=args.overwrite,
+                             progress=not args.quiet, max_target_tokens=args.target_tokens, masking=args.masking,
+                             baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
+                             max_order=args.max_order, seed=args.seed, min_r2=args.min_r2)
+    print_sparse(results, records)
+    print(f"results: {out_dir}/<id>.sparse.safetensors (kdi_fast.engine.SparseInteractionResult.load)")
+    print(f"summary: {out_dir / 'summary.json'}")
+    return 0
+
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 
-def _load_tokenizer(source: str, load_tokenizer):
-    """The tokenizer of a model directory; a clear error when the directory has none (transformers would
-    otherwise build an empty tokenizer from the model config)."""
+def load_tokenizer_arg(tokenizer_arg: str | None, model_arg: str, model_flag: str = "--model"):
+    """The tokenizer of --tokenizer, else of the model directory; one-line errors naming the option to fix
+    (transformers would otherwise build an empty tokenizer from a model config, or print a traceback)."""
+    from ..models import DEFAULT_MODEL, load_tokenizer
+
+    source, flag = (tokenizer_arg, "--tokenizer") if tokenizer_arg else (model_arg, model_flag)
     path = Path(source)
-    if path.is_dir() and not any((path / name).exists() for name in _TOKENIZER_FILES):
-        raise ValueError(f"{source} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...); pass "
-                         f"--tokenizer DIR, or save the tokenizer beside the model (tokenizer.save_pretrained)")
+    if str(source).lower() not in (DEFAULT_MODEL, "default"):
+        if not path.is_dir():
+            raise ValueError(f"{flag} {source!r} is not a directory; pass --tokenizer DIR (a directory saved with "
+                             f"tokenizer.save_pretrained)")
+        if not any((path / name).exists() for name in _TOKENIZER_FILES):
+            hint = "pass --tokenizer DIR" if flag != "--tokenizer" else "give a directory saved with " \
+                                                                        "tokenizer.save_pretrained"
+            raise ValueError(f"{flag} {source}: no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...); "
+                             f"{hint}")
     try:
         tokenizer = load_tokenizer(source)
-    except (OSError, ValueError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"cannot load a tokenizer from {source!r} ({err}); pass --tokenizer DIR") from None
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{flag} {source}: cannot load a tokenizer ({message}); pass --tokenizer DIR") from None
     if len(tokenizer) < 2:
-        raise ValueError(f"the tokenizer of {source!r} is empty; pass --tokenizer DIR")
+        raise ValueError(f"{flag} {source}: the tokenizer is empty; pass --tokenizer DIR")
     return tokenizer
 
 
@@ -185,20 +240,3 @@ def _init_distributed(device_arg: str | None):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return dist
-
-
-def _device(device_arg: str | None):
-    import torch
-
-    if device_arg is None:
-        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device_arg)
-    except RuntimeError:
-        raise ValueError(f"--device {device_arg!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-        if device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device

@@ -103,6 +103,9 @@ def jsonl_objects(text: str, source: str, expected: str) -> Iterator[tuple[int, 
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply to read; give a flat object like "
+                             f"{{\"prompt\": \"...\"}}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected a JSON object with {expected}, got {type(obj).__name__}")
         yield lineno, where, obj

@@ -14,6 +14,12 @@
   distillm student samples with the adaptive probability of            skewed reverse KL(alpha) (DistiLLM)
            AdaptiveSGOSchedule, drawn from a replay buffer or freshly
            generated; else the references
+  minillm  samples of the teacher-mixed distribution, every step         MiniLLM's policy gradient of the sequence-
+                                                                       level reverse KL + LM loss on the references
+                                                                       (kdi_fast.distill.minillm)
+
+The on-policy coin of a step is drawn from (seed, step) and each sample from a generator seeded by (seed, example,
+step), so that neither depends on the number of processes or on where a run was resumed.
 
 Temperature and teacher-logit noise apply to every loss that uses the teacher's logits.
 """
@@ -29,7 +35,7 @@ __all__ = ["Method", "METHODS", "get_method"]
 class Method:
     name: str
     divergence: str  # a kdi_fast.losses.kd_loss divergence
-    responses: str  # "data" | "teacher" | "student_share" | "student_ramp" | "adaptive"
+    responses: str  # "data" | "teacher" | "student_share" | "student_ramp" | "adaptive" | "teacher_mixed"
 
     @property
     def uses_teacher_logits(self) -> bool:
@@ -37,7 +43,7 @@ class Method:
 
     @property
     def on_policy(self) -> bool:
-        return self.responses in ("student_share", "student_ramp", "adaptive")
+        return self.responses in ("student_share", "student_ramp", "adaptive", "teacher_mixed")
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -49,6 +55,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gkd", "jsd", "student_share"),
     Method("imitkd", "forward_kl", "student_ramp"),
     Method("distillm", "skew_reverse_kl", "adaptive"),
+    Method("minillm", "reverse_kl", "teacher_mixed"),
 )}
 
 

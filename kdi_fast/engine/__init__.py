@@ -10,6 +10,9 @@ from .compute import compute_interactions
 from .forward import target_logprobs
 from .players import MAX_PLAYERS
 from .result import InteractionResult
+from .sparse_result import SparseInteractionResult
 from .value import values_from_logprobs
+from .values import ValueFunction, compute_values
 
-__all__ = ["MAX_PLAYERS", "InteractionResult", "compute_interactions", "target_logprobs", "values_from_logprobs"]
+__all__ = ["MAX_PLAYERS", "InteractionResult", "SparseInteractionResult", "ValueFunction", "compute_interactions",
+           "compute_values", "target_logprobs", "values_from_logprobs"]

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .forward import lm_head
-from .masking import MaskedSequence, baseline_embedding, baseline_token_id, check_masking, input_embeddings
+from .masking import Masking, MaskedSequence, check_masking, get_masking, input_embeddings
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
 from .memory import default_memory_budget, parse_memory
 from .result import InteractionResult
@@ -72,8 +71,8 @@ class _Job:
 class _Options:
     """The settings every prompt of a call shares."""
 
-    masking: str
-    baseline: str | int
+    masking: Masking
+    baseline: object  # as masking.resolve() gives it: a vector [H], a token id or None
     max_target_tokens: int
     budget: int
     eps: float
@@ -106,7 +105,12 @@ def compute_interactions(
     path: str = "auto",
     max_batch_tokens: int | None = None,
     max_order: int | None = None,
-) -> list[InteractionResult]:
+    method: str = "exact",
+    budget: int | None = None,
+    seed: int = 0,
+    min_r2: float | None = None,
+    strict: bool = False,
+) -> list:
     """The interactions of `model` on each prompt: v(x_T) for all 2^n masked inputs and I_S = mobius(v).
 
     targets: the target text y* per prompt (None: the model's greedy continuation of the full prompt, up to
@@ -122,25 +126,40 @@ def compute_interactions(
     max_order: opt-in: evaluate only the masks of at most max_order players (the subsets kdi_fast.subsets(n, k));
     the interactions of those subsets are still exact (I_S needs v on the subsets of S only). Allows more than
     16 players (at most 65,536 masks). The result then holds the compact layout (result.masks).
+    method: "exact" (all 2^n masks, or those of max_order) or "sparse": recover the sparse Harsanyi terms of
+    order <= max_order (default 3) of 17 to 1,000 players from budget=Q masked inputs, held-out R^2 included;
+    returns SparseInteractionResults (see kdi_fast.engine.sparse_compute): seed draws the masks, a held-out R^2 below
+    min_r2 (default 0.5) or a solver that did not converge warns (strict=True: raises).
     """
+    if method == "sparse":
+        from .sparse_compute import compute_sparse_interactions
+
+        return compute_sparse_interactions(
+            model, tokenizer, prompts, budget=budget, targets=targets, players=players, n_players=n_players,
+            max_target_tokens=max_target_tokens, masking=masking, baseline=baseline, chat_template=chat_template,
+            memory_budget=memory_budget, progress=progress, like=like, eps=eps, path=path,
+            max_batch_tokens=max_batch_tokens, max_order=max_order, seed=seed, strict=strict,
+            **({"min_r2": min_r2} if min_r2 is not None else {}))
+    if method != "exact":
+        raise ValueError(f"method must be 'exact' or 'sparse', got {method!r}")
+    if budget is not None or min_r2 is not None or strict or seed:
+        raise ValueError("budget, seed, min_r2 and strict apply to method='sparse' only; pass method='sparse' with them")
     _check_arguments(prompts, targets, players, like, masking, baseline, max_batch_tokens, max_order)
     budget = parse_memory(memory_budget)
     fingerprint = tokenizer_fingerprint(tokenizer)
     if like is not None:
         _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order)
-    if masking == "embedding":
-        input_embeddings(model)
-    if masking in ("embedding", "token") and baseline not in ("zeros", "mean"):
-        baseline_token_id(tokenizer, baseline, lm_head(model)[0].shape[0])
+    mode = check_masking(masking, baseline)
+    resolved = mode.resolve(model, tokenizer, baseline)  # fails here, before any prompt, for a bad baseline
     jobs = [_prepare(model, tokenizer, i, prompts, targets, players, like, n_players, max_target_tokens, masking,
                      chat_template, max_order) for i in range(len(prompts))]
 
     parameter = next(model.parameters())
     options = _Options(
-        masking=masking, baseline=baseline, max_target_tokens=max_target_tokens, eps=eps, path=path,
+        masking=mode, baseline=resolved, max_target_tokens=max_target_tokens, eps=eps, path=path,
         budget=budget if budget is not None else default_memory_budget(parameter.device),
         max_batch_tokens=max_batch_tokens, max_order=max_order,
-        settings={"masking": masking, "baseline": baseline if masking != "attention" else None,
+        settings={"masking": masking, "baseline": baseline if mode.uses_baseline else None,
                   "chat_template": bool(chat_template), "n_players": n_players,
                   "max_target_tokens": max_target_tokens, "eps": eps, "tokenizer": fingerprint,
                   "max_order": max_order, "dtype": str(parameter.dtype).removeprefix("torch.")})
@@ -196,7 +215,7 @@ def _prepare(model, tokenizer, i, prompts, targets, players, like, n_players, ma
             given = targets[i] if targets is not None else None
             target_ids = tokenize_target(tokenizer, given) if given is not None else None
             source = "given" if given is not None else "greedy"
-        chosen = resolve_players(encoded, spec, n_players, keep_last_token=masking == "attention",
+        chosen = resolve_players(encoded, spec, n_players, keep_last_token=get_masking(masking).hides_keys,
                                  max_order=max_order)
         limit = context_length(model)
         length = len(encoded.input_ids) + (len(target_ids) if target_ids is not None else max_target_tokens) - 1
@@ -219,13 +238,9 @@ def _compute_one(model, tokenizer, job: _Job, options: _Options, advance) -> Int
     prompt_length = len(encoded.input_ids)
     owner = player_of_token(encoded, job.players) + [-1] * (len(target_ids) - 1)
     ids = torch.tensor(list(encoded.input_ids) + target_ids[:-1], dtype=torch.int64, device=device)
+    embeds = input_embeddings(model)(ids).detach() if options.masking.needs_embeddings else None
     seq = MaskedSequence(input_ids=ids, owner=torch.tensor(owner, dtype=torch.int64, device=device), n=n,
-                         masking=options.masking)
-    if options.masking == "embedding":
-        seq.embeds = input_embeddings(model)(ids).detach()
-        seq.baseline = baseline_embedding(model, tokenizer, options.baseline)
-    elif options.masking == "token":
-        seq.baseline_id = baseline_token_id(tokenizer, options.baseline, lm_head(model)[0].shape[0])
+                         masking=options.masking, baseline=options.baseline, embeds=embeds)
     prediction = list(range(prompt_length - 1, prompt_length - 1 + len(target_ids)))
     target = torch.tensor(target_ids, dtype=torch.int64, device=device)
     logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=options.budget, path=options.path,
@@ -256,7 +271,8 @@ def _check_like(like, prompts, fingerprint, masking, baseline, chat_template, ma
             raise ValueError(f"the tokenizer differs from the one of the like= results (fingerprint {theirs} vs "
                              f"{fingerprint}): a teacher and a student compared mask by mask must share the "
                              f"tokenizer, so that y* and the players are the same tokens")
-        wanted = {"masking": masking, "baseline": baseline if masking != "attention" else None,
+        used = get_masking(masking).uses_baseline
+        wanted = {"masking": masking, "baseline": baseline if used else None,
                   "chat_template": bool(chat_template), "max_order": max_order}
         diffs = [f"{k}={result.settings.get(k)!r} there, {v!r} here" for k, v in wanted.items()
                  if result.settings.get(k) != v]

@@ -1,7 +1,11 @@
 """Words of a prompt, and the players: single words or groups of words, chosen explicitly or automatically.
 
 Words. A word is a run of letters/digits (with inner apostrophes or hyphens: "O'Neil's", "home-town") or a run
-of punctuation ("?", "..."), found by a regular expression on the prompt text. Each token of the model input
+of punctuation ("?", "..."), found by a regular expression on the prompt text read as grapheme clusters (what a
+reader sees as one character: a letter with its combining accents, an emoji with its modifiers). A cluster counts
+by its first character, so a decomposed accent (NFD "e" + U+0301) stays in its word whether the text is NFC or
+NFD, and a cluster that starts with a mark or a format character (a byte-order mark, a zero-width space, a lone
+combining accent) belongs to no word, like whitespace. The text itself is never changed: the model sees it as given. Each token of the model input
 belongs to the word its character span (the tokenizer's offsets) overlaps; whitespace-only and special tokens
 belong to no word. Words that share a token are merged into one, so that every word can be masked on its own.
 A word may span several tokens.
@@ -20,9 +24,10 @@ of a mask is player i, in the order given. Automatic (players=None) with n wante
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import numbers
-import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +36,20 @@ MAX_PLAYERS = 16
 MAX_MASKS = 1 << MAX_PLAYERS
 """Largest number of masked forwards per prompt (also with max_order, which evaluates fewer masks)."""
 
-_WORD = re.compile(r"\w+(?:['\u2019\-]\w+)*|[^\w\s]+")
+_WORD_CLUSTER = r"(?=[\p{L}\p{N}_])\X"  # a grapheme cluster that starts with a letter, digit or underscore
+_PUNCT_CLUSTER = r"(?=[^\p{L}\p{N}_\s\p{M}\p{C}])\X"  # one that starts with punctuation or a symbol
+_WORD_PATTERN = rf"(?:{_WORD_CLUSTER})+(?:['\u2019\-](?:{_WORD_CLUSTER})+)*|(?:{_PUNCT_CLUSTER})+"
+
+
+@functools.cache
+def _word_regex():
+    """The word pattern, compiled with the `regex` package (grapheme clusters \\X; a dependency of transformers)."""
+    try:
+        import regex
+    except ImportError:
+        raise ImportError("splitting prompts into words needs the `regex` package (installed with transformers): "
+                          "pip install regex") from None
+    return regex.compile(_WORD_PATTERN)
 
 STOP_WORDS = frozenset("""
 a about above after again against all am an and any are aren't as at be because been before being below between
@@ -69,7 +87,7 @@ class EncodedPrompt:
 
 def split_words(text: str) -> list[tuple[int, int]]:
     """Character spans [start, end) of the words of `text` (before merging words that share a token)."""
-    return [m.span() for m in _WORD.finditer(text)]
+    return [m.span() for m in _word_regex().finditer(text)]
 
 
 def words_of_tokens(text: str, offsets: Sequence[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -164,7 +182,7 @@ def choose_players(encoded: EncodedPrompt, n: int, *, keep_last_token: bool = Fa
         word = encoded.words[w]
         if is_punctuation(word):
             punct.append(w)
-        elif word.lower().replace("\u2019", "'") in STOP_WORDS:
+        elif unicodedata.normalize("NFC", word).lower().replace("\u2019", "'") in STOP_WORDS:
             stop.append(w)
         else:
             content.append(w)
@@ -175,12 +193,13 @@ def choose_players(encoded: EncodedPrompt, n: int, *, keep_last_token: bool = Fa
 
 
 def resolve_players(encoded: EncodedPrompt, spec, n_players: int, *, keep_last_token: bool = False,
-                    max_order: int | None = None) -> list[tuple[int, ...]]:
+                    max_order: int | None = None, all_masks: bool = True) -> list[tuple[int, ...]]:
     """Validate explicit players (word indices or groups of them), or choose them automatically (spec=None).
 
     Raises ValueError for an index out of range, a word used twice, an empty group, a word without tokens,
     more than MAX_MASKS masks to evaluate (more than MAX_PLAYERS players, unless max_order=k keeps only the
-    subsets of at most k players), and (keep_last_token) a player holding the last prompt token.
+    subsets of at most k players; all_masks=False: the caller evaluates a chosen set of masks, so any number of
+    players), and (keep_last_token) a player holding the last prompt token.
     """
     if spec is None:
         players = choose_players(encoded, n_players, keep_last_token=keep_last_token)
@@ -215,7 +234,9 @@ def resolve_players(encoded: EncodedPrompt, spec, n_players: int, *, keep_last_t
                 raise ValueError(f"word {w} ({encoded.words[w]!r}) has no tokens in the tokenized prompt (the "
                                  f"tokenizer drops it), so masking it changes nothing; choose other words")
     n = len(players)
-    if max_order is None or max_order >= n:
+    if not all_masks:
+        pass
+    elif max_order is None or max_order >= n:
         if n > MAX_PLAYERS:
             raise ValueError(
                 f"{n} players need 2^{n} = {1 << n:,} masked forwards per prompt; exact extraction supports at most "

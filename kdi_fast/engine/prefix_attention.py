@@ -21,6 +21,7 @@ AttentionInterface are detected, never silently wrong).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +64,12 @@ class TreeState:
     _mask: Tensor | None = None
     _store: LevelKeys | None = None
 
-    def begin(self, level: int, nodes: Tensor, length: int, key_mask: Tensor | None, store: bool) -> None:
+    def begin(self, level: int, nodes: Tensor, length: int, key_mask: Tensor | None, store: bool,
+              ancestor: Callable[[int], Tensor] | None = None) -> None:
         """Prepare a forward of the tree nodes `nodes` (sorted ids at `level`) over a segment of `length` tokens;
-        key_mask [rows, length] bool marks the segment's tokens others may attend to (None: all)."""
+        key_mask [rows, length] bool marks the segment's tokens others may attend to (None: all).
+        ancestor(j): the ids of the rows' ancestors at stored level j (default: nodes >> (level - j), the
+        numbering of the scheduler's binary tree; engine.values passes the ids of its mask-set trie)."""
         for stale in [j for j in self.history if j >= level]:
             del self.history[stale]
         self.level, self.calls = level, 0
@@ -74,7 +78,7 @@ class TreeState:
         history_masks = []  # per stored level: [rows, len_j] bool, or None when every key is visible
         for j in sorted(self.history):
             stored = self.history[j]
-            ancestors = nodes >> (level - j)
+            ancestors = nodes >> (level - j) if ancestor is None else ancestor(j)
             index = torch.searchsorted(stored.nodes, ancestors).clamp(max=stored.nodes.shape[0] - 1)
             if not bool((stored.nodes[index] == ancestors).all()):
                 raise RuntimeError("prefix tree: a node's ancestor is not stored (scheduler bug)")

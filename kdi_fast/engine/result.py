@@ -7,6 +7,7 @@ so a file is either whole or absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from .._io import atomic_write
 
 _FORMAT = "kdi_fast.InteractionResult/1"
 _JSON_FIELDS = ("prompt", "words", "players", "player_texts", "target_text", "model_name", "settings",
-                "player_tokens", "input_ids", "stats", "max_order")
+                "player_tokens", "input_ids", "stats", "max_order", "identity")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class InteractionResult:
     players: the word indices of each player; player_texts: their text; words: all words of the prompt.
     target_ids / target_text: y*. settings: how it was computed (masking, baseline, ...). player_tokens: the
     positions of each player's tokens in input_ids (the model input without the target). stats: cost figures.
+    identity: what produced it (kdi_fast.engine.identity; set by the dataset runner, checked when it resumes).
     """
 
     prompt: str
@@ -48,6 +50,7 @@ class InteractionResult:
     input_ids: list[int] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     max_order: int | None = None
+    identity: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.players = [tuple(int(w) for w in p) for p in self.players]
@@ -102,13 +105,22 @@ class InteractionResult:
         tensors = {"values": self.values.detach().double().cpu().contiguous(),
                    "interactions": self.interactions.detach().double().cpu().contiguous(),
                    "target_ids": torch.tensor(self.target_ids, dtype=torch.int64)}
-        atomic_write(path, lambda tmp: save_file(
-            tensors, str(tmp), metadata={"format": _FORMAT, "json": json.dumps(meta, ensure_ascii=False)}))
+        text = json.dumps(meta, ensure_ascii=False)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={
+            "format": _FORMAT, "json": text, "sha256": _checksum(text, tensors)}))
         return path
+
+    @staticmethod
+    def stored_checksum(path: str | os.PathLike) -> str | None:
+        """The checksum recorded in a result file (its header only; not verified), or None."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("sha256")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InteractionResult":
-        """Read a result written by save()."""
+        """Read a result written by save(); ValueError when its checksum does not match (a damaged file)."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -117,6 +129,9 @@ class InteractionResult:
             if meta.get("format") != _FORMAT:
                 raise ValueError(f"{path} is not an InteractionResult file (format {meta.get('format')!r})")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
+        if "sha256" in meta and _checksum(meta.get("json", ""), tensors) != meta["sha256"]:
+            raise ValueError(f"{path} is damaged: its checksum does not match its contents; delete it (a resumed "
+                             f"run computes it again)")
         fields = json.loads(meta["json"])
         return cls(values=tensors["values"], interactions=tensors["interactions"],
                    target_ids=tensors["target_ids"].tolist(), **fields)
@@ -125,3 +140,13 @@ class InteractionResult:
         return (f"InteractionResult(n={self.n}, players={self.player_texts}, target={self.target_text!r}, "
                 f"v(full)={float(self.values[-1]):.4g}, v(empty)={float(self.values[0]):.4g}, "
                 f"model={self.model_name!r})")
+
+
+def _checksum(json_text: str, tensors: dict[str, Tensor]) -> str:
+    """sha256 over the JSON fields and every tensor (name, dtype, shape, bytes), in name order."""
+    digest = hashlib.sha256(json_text.encode("utf-8"))
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,13 +1,18 @@
 """Dataset runs of compute_interactions: one result file per prompt, resumable, optionally data parallel.
 
 Layout of an output directory:
-  manifest.json        model, settings and the data digest; checked when a run restarts
-  <id>.safetensors     one InteractionResult per prompt (tensors + JSON metadata), written atomically
-  summary.json         written at the end: every prompt's file, n, target, v(x_N), matching error, top interactions
+  manifest.json        the latest run: model, settings, data digest, and the identity its results share
+  <id>.safetensors     one InteractionResult per prompt (tensors + JSON metadata + checksum), written atomically
+  summary.json         written at the end: every prompt's file, n, target, v(x_N), matching error, top interactions,
+                       and the prompts that failed (a model giving NaN); strict JSON (no NaN)
 
-Resume: a prompt whose result file loads is skipped, so a killed run restarts where it stopped; nothing is
-lost (files appear whole or not at all) and nothing is computed twice. Restarting with other settings, another
-model or other data is an error unless overwrite=True (then every prompt is computed again).
+Resume: every result carries its identity (kdi_fast.engine.identity: model name, dtype and weights digest,
+tokenizer digest, every setting, the prompt record, the reference result under like_dir). A prompt whose stored
+result loads, passes its checksum and has exactly the wanted identity is skipped, so a killed run restarts where
+it stopped; nothing is lost (files appear whole or not at all) and nothing is computed twice. A damaged result is
+computed again (with a warning). A result of another identity (other settings, model, weights, tokenizer or
+prompt) is an error naming what differs, before anything is computed, unless overwrite=True (then every prompt
+is computed again). Nothing else blocks a rerun: a run that failed on bad input can be rerun with the input fixed.
 
 One run at a time: the run holds out_dir/.kdi.lock (kdi_fast._lock.output_lock); another run on the same
 directory is refused with the holder's pid and host.
@@ -97,16 +102,17 @@ def run_interactions(
     like_dir = Path(like_dir).resolve() if like_dir is not None else None
 
     with output_lock(out_dir, command="kdi interactions"):  # one run at a time in out_dir
-        manifest = _manifest(model, model_name, records, like_dir, dict(
+        manifest = _manifest(model, model_name, tokenizer, records, like_dir, dict(
             players=players, n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
             baseline=baseline, chat_template=chat_template, **(extra_settings or {})))
-        _check_manifest(out_dir, manifest, overwrite)  # every rank checks, so every rank fails alike
         if like_dir is not None:
             missing = [r.id for r in selected if not result_path(like_dir, r.id).exists()]
             if missing:
                 raise ValueError(f"like_dir {like_dir}: no result for {len(missing)} prompt(s) "
                                  f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run the "
                                  f"reference model on the same data first")
+        identities = {r.id: _identity(manifest["identity"], r, like_dir) for r in selected}
+        reusable = set() if overwrite else _reusable(out_dir, selected, identities)  # every rank fails alike
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / SUMMARY).unlink(missing_ok=True)  # a summary exists only for a finished run
@@ -120,20 +126,27 @@ def run_interactions(
         mine = selected[rank::world_size]
         started = time.perf_counter()
         computed: dict[str, dict] = {}  # id -> {"rank", "seconds"} for the prompts computed in this run
+        failed: dict[str, str] = {}  # id -> why (the model's values are not finite)
         skipped = 0
         bar = _progress_bar(len(mine), rank, world_size, enabled=progress and rank == 0)
         try:
             for record in mine:
                 path = result_path(out_dir, record.id)
-                if not overwrite and _complete(path, record):
+                if record.id in reusable:
                     skipped += 1
                 else:
                     t0 = time.perf_counter()
                     result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir, dict(
                         n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
                         baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
-                    result.save(path)
-                    computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
+                    result.identity = identities[record.id]
+                    problem = _nonfinite(result)
+                    if problem:  # never stored: a rerun computes it again
+                        failed[record.id] = f"prompt {record.id!r}: {problem}"
+                        path.unlink(missing_ok=True)
+                    else:
+                        result.save(path)
+                        computed[record.id] = {"rank": rank, "seconds": time.perf_counter() - t0}
                 bar.set_postfix(computed=len(computed), skipped=skipped, refresh=False)
                 bar.update(1)
         finally:
@@ -141,22 +154,31 @@ def run_interactions(
 
         if dist is not None:  # rank 0 learns what every rank did, then writes the summary
             gathered: list = [None] * world_size
-            dist.all_gather_object(gathered, (computed, skipped))
+            dist.all_gather_object(gathered, (computed, skipped, failed))
         else:
-            gathered = [(computed, skipped)]
-        all_computed = {k: v for c, _ in gathered for k, v in c.items()}
-        total_skipped = sum(k for _, k in gathered)
+            gathered = [(computed, skipped, failed)]
+        all_computed = {k: v for c, _, _ in gathered for k, v in c.items()}
+        all_failed = {k: v for _, _, f in gathered for k, v in f.items()}
+        total_skipped = sum(k for _, k, _ in gathered)
         elapsed = time.perf_counter() - started
         summary_path = out_dir / SUMMARY
         max_err = float("nan")
         if rank == 0:
-            entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected]
-            max_err = max(e["matching_error"] for e in entries)
+            entries = [_summary_entry(out_dir, r, all_computed.get(r.id)) for r in selected if r.id not in all_failed]
+            max_err = max((e["matching_error"] for e in entries), default=float("nan"))
             write_json_atomic(summary_path, {
                 "manifest": manifest, "prompts": len(selected), "computed": len(all_computed), "skipped": total_skipped,
-                "world_size": world_size, "seconds": elapsed, "max_matching_error": max_err, "results": entries})
+                "world_size": world_size, "seconds": elapsed,
+                "max_matching_error": max_err if entries else None, "results": entries,
+                "failed": [{"id": r.id, "error": all_failed[r.id]} for r in selected if r.id in all_failed]},
+                allow_nan=False)  # valid JSON only: a non-finite number here is a bug, not a value
         if dist is not None:
             dist.barrier()  # nobody reads the summary before it is whole
+        if all_failed:
+            first = next(all_failed[r.id] for r in selected if r.id in all_failed)
+            raise ValueError(f"{len(all_failed)} of {len(selected)} prompts failed ({first}"
+                             f"{'; ...' if len(all_failed) > 1 else ''}); the others are stored in {out_dir}, the "
+                             f"failures are listed in {summary_path}")
         return RunSummary(out_dir=out_dir, summary_path=summary_path, prompts=len(selected),
                           computed=len(all_computed), skipped=total_skipped, seconds=elapsed,
                           max_matching_error=max_err)
@@ -194,10 +216,13 @@ def _model_name(model, model_name: str | None) -> str:
     return str(getattr(config, "name_or_path", "") or type(model).__name__)
 
 
-def _manifest(model, model_name, records, like_dir, settings) -> dict:
+def _manifest(model, model_name, tokenizer, records, like_dir, settings) -> dict:
+    """What this run is (written to OUT/manifest.json); its "identity" is the part every result shares."""
     from .._version import __version__
+    from .identity import tokenizer_sha256, weights_sha256
 
     dtype = next((p.dtype for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
     like = None
     if like_dir is not None:
         like_manifest = like_dir / MANIFEST
@@ -205,55 +230,72 @@ def _manifest(model, model_name, records, like_dir, settings) -> dict:
             raise FileNotFoundError(f"like_dir {like_dir}: no {MANIFEST} there; point it at the output directory "
                                     f"of an earlier `kdi interactions` run")
         like = {"dir": str(like_dir), "model": json.loads(like_manifest.read_text()).get("model")}
-    return {
-        "kdi_fast": __version__,
-        "model": _model_name(model, model_name),
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
-        "settings": json.loads(json.dumps(settings)),  # normalised (tuples -> lists) so restarts compare equal
-        "like": like,
-        "data": {"digest": records_digest(records), "prompts": len(records)},
+    settings = json.loads(json.dumps(settings))  # normalised (tuples -> lists) so restarts compare equal
+    name = _model_name(model, model_name)
+    identity = {
+        "model": {"name": name, "dtype": dtype,
+                  "weights_sha256": weights_sha256(model) if hasattr(model, "state_dict") else None},
+        "tokenizer": {"sha256": tokenizer_sha256(tokenizer)},
+        "settings": settings,
     }
+    return {"kdi_fast": __version__, "model": name, "dtype": dtype, "settings": settings, "like": like,
+            "data": {"digest": records_digest(records), "prompts": len(records)}, "identity": identity}
 
 
-_CHECKED_KEYS = ("model", "dtype", "settings", "like", "data")
-
-
-def _check_manifest(out_dir: Path, manifest: dict, overwrite: bool) -> None:
-    path = out_dir / MANIFEST
-    if overwrite or not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} cannot be read ({err}); pass --overwrite to start this directory afresh") from None
-    diffs = []
-    for key in _CHECKED_KEYS:
-        a, b = old.get(key), manifest.get(key)
-        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"settings.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                      if a.get(k) != b.get(k)]
-        elif key == "data" and isinstance(a, dict):
-            if a.get("digest") != b["digest"]:
-                diffs.append(f"data: other prompts ({a.get('prompts')} -> {b['prompts']} prompts, digest "
-                             f"{str(a.get('digest'))[:12]} -> {b['digest'][:12]})")
-        elif a != b:
-            diffs.append(f"{key}: {a!r} -> {b!r}")
-    if diffs:
-        raise ValueError(f"{out_dir} holds a run with other settings ({'; '.join(diffs)}). Use another --out "
-                         f"directory, the same settings to resume it, or --overwrite to recompute everything.")
-
-
-def _complete(path: Path, record: PromptRecord) -> bool:
-    """Whether the result file of `record` exists, loads, and is about the same prompt."""
+def _identity(run_identity: dict, record: PromptRecord, like_dir: Path | None) -> dict:
+    """The identity of one prompt's result: the run's, the prompt record, and the reference result it reuses."""
     from . import InteractionResult
 
-    if not path.exists():
-        return False
-    try:
-        result = InteractionResult.load(path)
-    except Exception:  # unreadable or incomplete: compute it again (the new file replaces it atomically)
-        return False
-    return result.prompt == record.prompt
+    like = None
+    if like_dir is not None:
+        like = {"dir": str(like_dir), "result_sha256": InteractionResult.stored_checksum(result_path(like_dir,
+                                                                                                     record.id))}
+    prompt = {"id": record.id, "prompt": record.prompt, "target": record.target, "players": record.players}
+    return json.loads(json.dumps({**run_identity, "like": like, "prompt": prompt}))
+
+
+def _reusable(out_dir: Path, records: list[PromptRecord], identities: dict[str, dict]) -> set[str]:
+    """The ids whose stored result has exactly the wanted identity. A result of another identity is an error
+    naming what differs; a damaged one (checksum, truncation) is computed again, with a warning."""
+    import warnings
+
+    from . import InteractionResult
+    from .identity import differences
+
+    reusable, conflicts = set(), {}
+    for record in records:
+        path = result_path(out_dir, record.id)
+        if not path.exists():
+            continue
+        try:
+            stored = InteractionResult.load(path)
+        except Exception as err:  # unreadable or damaged: compute it again (the new file replaces it atomically)
+            warnings.warn(f"{path} cannot be used ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                          f"computing it again", stacklevel=3)
+            continue
+        diffs = differences(stored.identity or {}, identities[record.id])
+        if diffs:
+            conflicts[record.id] = diffs
+        else:
+            reusable.add(record.id)
+    if conflicts:
+        first, diffs = next(iter(conflicts.items()))
+        raise ValueError(f"{out_dir} holds {len(conflicts)} result(s) computed otherwise than asked now (prompt "
+                         f"{first!r}: {'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}). Use another --out "
+                         f"directory, the same model and settings to resume, or --overwrite to recompute everything.")
+    return reusable
+
+
+def _nonfinite(result: "InteractionResult") -> str | None:
+    """Why a result cannot be stored (its model gave NaN or inf values), or None."""
+    import torch
+
+    bad = ~torch.isfinite(result.values)
+    if not bool(bad.any()):
+        return None
+    kind = "NaN" if bool(result.values.isnan().any()) else "inf"
+    return (f"the model gives {kind} for {int(bad.sum())} of {bad.numel()} masked inputs, so no interaction can be "
+            f"computed; check the model's weights (or use --dtype float32 if float16 overflows)")
 
 
 def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_dir: Path | None, kwargs: dict):

@@ -18,10 +18,10 @@ least two words (a single word is never a complex interaction). order_threshold=
 union of groups that holds two or more words: the paper's approximation E_K |I(union_{i in K} S_i)|. With m=4,
 order_threshold=0.5 keeps only unions of 3 or 4 groups.
 
-Masking: "embedding" (default) replaces a masked token's input embedding by a baseline vector ("pad", "unk",
-an int token id: that token's embedding, which is the same as "token" masking; "zeros"; "mean": the mean
-embedding); "attention" hides masked tokens from attention instead (then, as in the engine, the word holding
-the last prompt token is never a player: that position predicts y*_1 and its own embedding would stay in the
+Masking: the engine's strategies (kdi_fast.engine.masking: "embedding" with a baseline vector, "token",
+"attention"), with the same baseline resolution, so that v here equals compute_interactions' v for the same
+players and target. With a strategy that hides tokens from attention, as in the engine, the word holding the
+last prompt token is never a player (that position predicts y*_1 and its own embedding would stay in the
 residual stream). The LM head runs only at the target positions (kdi_fast.ops.target_logprobs), and the
 masked sequences are cut after their last target.
 """
@@ -39,8 +39,8 @@ from torch import Tensor, nn
 from .. import ops, reference
 from ..engine import forward as _forward
 from ..engine import groups as _groups
+from ..engine.masking import check_masking
 
-MASKINGS = ("embedding", "token", "attention")
 IGNORE_INDEX = -100
 _MAX_EXACT_PLAYERS = 16
 
@@ -99,12 +99,7 @@ class CIP(nn.Module):
             raise ValueError(f"m must be an int in [1, {_MAX_EXACT_PLAYERS}] (2^m masked forwards), got {m!r}")
         if not 0.0 <= order_threshold < 1.0:
             raise ValueError(f"order_threshold must be in [0, 1) (a share of the players), got {order_threshold}")
-        if masking not in MASKINGS:
-            raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
-        if masking == "token" and baseline in ("zeros", "mean"):
-            raise ValueError("masking='token' replaces tokens by a token: use baseline='pad', 'unk' or a token id")
-        if not (isinstance(baseline, int) or baseline in ("pad", "unk", "zeros", "mean")):
-            raise ValueError(f"baseline must be 'pad', 'unk', 'zeros', 'mean' or a token id, got {baseline!r}")
+        self._mode = check_masking(masking, baseline)
         if not 0.0 < batch_share <= 1.0:
             raise ValueError(f"batch_share must be in (0, 1], got {batch_share}")
         exact_up_to = m if exact_up_to is None else exact_up_to
@@ -187,7 +182,7 @@ class CIP(nn.Module):
             if player_mask is not None:
                 prompt &= player_mask[b].bool()
             word_of_token = _groups.word_ids(input_ids[b], self.tokenizer, player_mask=prompt)
-            if self.masking == "attention":  # the last prompt token predicts y*_1: its word stays visible
+            if self._mode.hides_keys:  # the last prompt token predicts y*_1: its word stays visible
                 last = int(word_of_token[positions[0] - 1])
                 if last >= 0:
                     word_of_token = torch.where(word_of_token == last, -1, word_of_token)
@@ -216,28 +211,6 @@ class CIP(nn.Module):
     # The masked forwards
     # ------------------------------------------------------------------------------------------------------
 
-    def _baseline(self, model: nn.Module, embed: nn.Module) -> Tensor | None:
-        if self.masking == "attention":
-            return None
-        weight = embed.weight
-        if self.baseline == "zeros":
-            return weight.new_zeros(weight.shape[1])
-        if self.baseline == "mean":
-            return weight.mean(0)
-        if isinstance(self.baseline, int):
-            token = self.baseline
-        else:
-            attr = f"{self.baseline}_token_id"
-            token = getattr(self.tokenizer, attr, None) if self.tokenizer is not None else None
-            token = getattr(model.config, attr, None) if token is None else token
-            if token is None:
-                raise ValueError(f"baseline={self.baseline!r} needs a {attr} (from the tokenizer or the model "
-                                 f"config), and neither has one; pass baseline='zeros', 'mean' or a token id")
-        if not 0 <= token < weight.shape[0]:
-            raise ValueError(f"baseline token id {token} is outside the embedding matrix ({weight.shape[0]} rows)")
-        # as if the token were fed: a padding_idx row gets no gradient, as in the model's own lookup
-        return weight[token].detach() if token == getattr(embed, "padding_idx", None) else weight[token]
-
     def _mean_target_logprobs(self, model: nn.Module, plans: list[_Plan], input_ids: Tensor,
                               attention_mask: Tensor, outputs) -> list[Tensor]:
         """Per plan, the mean log-prob of y* under each of its 2^k masks, [2^k] in mask order."""
@@ -250,23 +223,22 @@ class CIP(nn.Module):
         rows = torch.tensor([p.index for p in plans], device=input_ids.device)
         inner = unwrap_model(model)
         _check_model(inner)
-        embed = inner.get_input_embeddings()
-        embeds = embed(input_ids[rows, :length])  # [P, T', H], with gradients
+        mode = self._mode
+        ids = input_ids[rows, :length]
+        embeds = inner.get_input_embeddings()(ids) if mode.needs_embeddings else None  # [P, T', H], with gradients
         attn = attention_mask[rows, :length]
-        baseline = self._baseline(inner, embed)
+        baseline = mode.resolve(inner, self.tokenizer, self.baseline, differentiable=True)
         inputs, masks_attn, seq_plan, seq_count = [], [], [], []
         for j, plan in enumerate(plans):
             masks = torch.arange((1 << plan.k) - (1 if reuse else 0), device=input_ids.device)
             pot = plan.player_of_token[:length].to(input_ids.device)
-            if baseline is not None:
-                inputs.append(ops.masked_embeddings(embeds[j], pot, masks, baseline))
-                masks_attn.append(attn[j].expand(masks.numel(), length))
-            else:
-                inputs.append(embeds[j].expand(masks.numel(), *embeds.shape[1:]))
-                masks_attn.append(attn[j] * _present(pot, masks).to(attn.dtype))
+            inputs.append(mode.inputs(ids[j], pot, masks, baseline, embeds[j] if embeds is not None else None))
+            keys = mode.key_mask(pot, masks)
+            masks_attn.append(attn[j] * keys.to(attn.dtype) if keys is not None else attn[j].expand(masks.numel(), -1))
             seq_plan += [j] * masks.numel()
             seq_count.append(masks.numel())
-        hidden = _last_hidden_state(model, torch.cat(inputs), torch.cat(masks_attn))  # [S, T', H]
+        inputs = {key: torch.cat([x[key] for x in inputs]) for key in inputs[0]}
+        hidden = _last_hidden_state(model, inputs, torch.cat(masks_attn))  # [S, T', H]
         # the rows of the LM head: for sequence s of plan j, positions p - 1 of its targets
         device = hidden.device
         lengths = torch.tensor([plans[j].target_positions.numel() for j in seq_plan], device=device)
@@ -310,18 +282,15 @@ def _final_hidden_states(outputs) -> Tensor | None:
     return states[-1] if isinstance(states, (tuple, list)) and states else None
 
 
-def _present(player_of_token: Tensor, masks: Tensor) -> Tensor:
-    """[M, T] bool: token t is present under mask m (non-players always are)."""
-    is_player = player_of_token >= 0
-    bit = player_of_token.clamp(min=0)
-    return ((masks[:, None] >> bit[None, :]) & 1).bool() | ~is_player[None, :]
-
-
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP / FSDP / accelerate wrappers (their .module)."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
+    """The Hugging Face model inside DDP / FSDP / accelerate wrappers (their .module) and torch.compile (its
+    ._orig_mod; CIP still calls the compiled module, and reads only attributes and the signature from this)."""
+    while True:
+        inner = [m for m in (getattr(model, "_orig_mod", None), getattr(model, "module", None))
+                 if isinstance(m, nn.Module)]
+        if not inner:
+            return model
+        model = inner[0]
 
 
 def _check_model(inner: nn.Module) -> None:
@@ -331,15 +300,15 @@ def _check_model(inner: nn.Module) -> None:
     _forward.lm_head(inner)  # raises for heads that the fused target log-prob op cannot reproduce
 
 
-def _last_hidden_state(model: nn.Module, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+def _last_hidden_state(model: nn.Module, inputs: dict[str, Tensor], attention_mask: Tensor) -> Tensor:
     """The final hidden states (after the last norm) of a Hugging Face causal LM, computed by a call of `model`
     itself, so that a DistributedDataParallel wrapper sees the forward and synchronises the gradients. The LM
     head runs nowhere (logits_to_keep = an empty index); CIP applies it at the target positions itself."""
     inner = unwrap_model(model)
-    kwargs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
-                  use_cache=False, return_dict=True)
+    kwargs = dict(**inputs, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
+                  return_dict=True)
     if "logits_to_keep" in inspect.signature(inner.forward).parameters:  # an empty index: no logits at all
-        kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=inputs_embeds.device)
+        kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=attention_mask.device)
     return model(**kwargs).hidden_states[-1]
 
 

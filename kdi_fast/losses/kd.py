@@ -25,7 +25,13 @@ Q = exp(s) (student), P = exp(t) (teacher). KL(A||B) = sum_v A_v log(A_v / B_v).
 Common options: temperature T on both sides (t2_scaling multiplies the loss by T^2, Hinton's convention);
 Gaussian noise of std `noise_std` added to the teacher's logits before the temperature (seeded by `generator`);
 tokens selected by labels != -100; the sum over tokens and the token count are returned, so that trainers can
-normalise (by the count, or by num_items_in_batch under gradient accumulation). The [tokens, vocab] work is done
+normalise (by the count, or by num_items_in_batch under gradient accumulation).
+
+Non-finite logits: -inf is probability 0 (a masked vocabulary), with 0 log 0 = 0 and finite gradients. A
+divergence that is +inf at a token (forward KL where the student gives 0 to a token the teacher gives mass) is
+reported as an error naming the token and the vocabulary id, never returned as inf/NaN gradients. NaN or +inf
+logits (or a row that is all -inf) are an error naming the token; for the teacher, invalid_teacher="skip" leaves
+such tokens out instead and counts them (KDLossOutput.skipped). The [tokens, vocab] work is done
 `chunk_size` tokens at a time, in the forward and in the backward (which recomputes each chunk), so nothing
 beyond one chunk of that size is ever held besides the inputs and their gradients.
 """
@@ -46,10 +52,12 @@ _CHUNK_ELEMENTS = 1 << 24  # default chunk: about 16M logits (64 MB per float32 
 
 
 class KDLossOutput(NamedTuple):
-    """The loss summed over the selected tokens, and how many tokens were selected (a 0-dim int64 tensor)."""
+    """The loss summed over the selected tokens, how many tokens were selected (a 0-dim int64 tensor), and how
+    many selected tokens were left out because the teacher's logits were invalid (invalid_teacher="skip")."""
 
     sum: Tensor
     count: Tensor
+    skipped: Tensor | int = 0
 
     def mean(self, num_items_in_batch: int | Tensor | None = None) -> Tensor:
         """sum / num_items_in_batch when given (the tokens of the whole accumulated batch), else sum / count."""
@@ -64,13 +72,19 @@ class KDLossOutput(NamedTuple):
 
 
 def _kl(a: Tensor, b: Tensor) -> Tensor:
-    """KL(A||B) per row from log-probabilities; entries with A_v = 0 contribute 0 (also when B_v = 0)."""
-    return torch.where(a > -math.inf, a.exp() * (a - b), 0.0).sum(-1)
+    """KL(A||B) per row from log-probabilities; entries with A_v = 0 contribute 0 (also when B_v = 0), with a
+    zero gradient (the masked entries are replaced by 0 before the product, so no 0 * inf reaches autograd)."""
+    present = a > -math.inf
+    a0, b0 = torch.where(present, a, 0.0), torch.where(present, b, 0.0)
+    return torch.where(present, a0.exp() * (a0 - b0), 0.0).sum(-1)
 
 
 def _mixture(a: Tensor, b: Tensor, weight_a: float) -> Tensor:
-    """log(w A + (1-w) B) from log-probabilities."""
-    return torch.logaddexp(a + math.log(weight_a), b + math.log1p(-weight_a))
+    """log(w A + (1-w) B) from log-probabilities; -inf (with a zero gradient) where A_v = B_v = 0."""
+    x, y = a + math.log(weight_a), b + math.log1p(-weight_a)
+    present = torch.maximum(x, y) > -math.inf
+    mixed = torch.logaddexp(torch.where(present, x, 0.0), torch.where(present, y, 0.0))
+    return torch.where(present, mixed, -math.inf)
 
 
 def _jsd(s: Tensor, t: Tensor, beta: float) -> Tensor:
@@ -146,6 +160,8 @@ def _per_token_fn(divergence: str, alpha: float | None, beta: float | None) -> C
             raise ValueError("divergence='ab' needs both alpha and beta (alpha=1, beta=0 is forward KL; alpha=0, "
                              "beta=1 is reverse KL; ABKD tunes them per task, e.g. alpha=0.2, beta=0.7)")
         alpha, beta = float(alpha), float(beta)
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            raise ValueError(f"divergence='ab' needs finite alpha and beta, got alpha={alpha}, beta={beta}")
         return lambda s, t: _ab(s, t, alpha, beta)
     return {"forward_kl": lambda s, t: _kl(t, s), "reverse_kl": lambda s, t: _kl(s, t), "tvd": _tvd, "l1": _l1,
             "l2": _l2, "l2_squared": _l2_squared}[divergence]
@@ -158,6 +174,8 @@ def _per_token_fn(divergence: str, alpha: float | None, beta: float | None) -> C
 
 class _ChunkPlan(NamedTuple):
     fn: Callable[[Tensor, Tensor], Tensor] | None  # None: cross-entropy against `targets`
+    divergence: str  # its name, for error messages
+    lead: tuple[int, ...]  # the logits' leading shape, to name a token by its position in error messages
     vocab: int  # columns used (the shared first part when the vocabularies differ)
     temperature: float
     noise_std: float
@@ -195,8 +213,14 @@ class _ChunkedLoss(torch.autograd.Function):
         total = student.new_zeros((), dtype=_compute_dtype(student))
         for index, start in enumerate(range(0, rows.numel(), plan.chunk_size)):
             r = rows[start:start + plan.chunk_size]
-            total += _chunk_loss(_take(student, r, plan.vocab), _take(teacher, r, plan.vocab),
-                                 targets[start:start + plan.chunk_size], plan, index).sum()
+            s, t = _take(student, r, plan.vocab), _take(teacher, r, plan.vocab)
+            _check_rows(s, "student", r, plan)
+            if t is not None:
+                _check_rows(t, "teacher", r, plan)
+            per_token = _chunk_loss(s, t, targets[start:start + plan.chunk_size], plan, index)
+            if not torch.isfinite(per_token).all():
+                _raise_infinite(per_token, s, t, r, plan)
+            total += per_token.sum()
         ctx.save_for_backward(student, teacher, rows, targets)
         ctx.plan = plan
         return total
@@ -225,6 +249,53 @@ class _ChunkedLoss(torch.autograd.Function):
             if need_teacher:
                 grad_teacher[r, :plan.vocab] = (grads.pop(0) * grad_total).to(teacher.dtype)
         return grad_student, grad_teacher, None, None, None
+
+
+def _token_name(row: int, lead: tuple[int, ...]) -> str:
+    """A flat row index as its position in the logits' leading shape: '(batch, position)'."""
+    position = []
+    for size in reversed(lead):
+        row, i = divmod(row, size)
+        position.append(i)
+    return "(" + ", ".join(str(i) for i in reversed(position)) + ")"
+
+
+def _valid_rows(x: Tensor) -> Tensor:
+    """Per row [c] of logits [c, V]: no NaN, no +inf, and not all -inf (a row that gives some token mass)."""
+    return torch.isfinite(x.amax(-1))  # amax propagates NaN
+
+
+def _check_rows(x: Tensor, side: str, rows: Tensor, plan: _ChunkPlan) -> None:
+    valid = _valid_rows(x)
+    if bool(valid.all()):
+        return
+    i = int((~valid).nonzero()[0, 0])
+    row = x[i]
+    what = "NaN" if bool(row.isnan().any()) else "+inf" if bool((row == math.inf).any()) else "only -inf"
+    fix = ("; pass invalid_teacher='skip' to leave such tokens out (they are counted in KDLossOutput.skipped)"
+           if side == "teacher" else "; the student has diverged (lower the learning rate) or its input is broken")
+    raise ValueError(f"kd_loss: the {side} logits of token {_token_name(int(rows[i]), plan.lead)} contain {what}"
+                     f"{fix}")
+
+
+def _raise_infinite(per_token: Tensor, s: Tensor, t: Tensor | None, rows: Tensor, plan: _ChunkPlan) -> None:
+    """Name the first token whose loss is not finite, and the vocabulary id that makes it so."""
+    i = int((~torch.isfinite(per_token)).nonzero()[0, 0])
+    where = f"kd_loss: {plan.divergence} is {float(per_token[i]):+} at token {_token_name(int(rows[i]), plan.lead)}"
+    if t is not None:
+        only_student = (s[i] == -math.inf) & (t[i] > -math.inf)
+        only_teacher = (t[i] == -math.inf) & (s[i] > -math.inf)
+        for zero, other, mask, logits in (("student", "teacher", only_student, t), ("teacher", "student",
+                                                                                  only_teacher, s)):
+            if bool(mask.any()):
+                v = int(mask.nonzero()[0, 0])
+                p = float(torch.softmax(logits[i] / plan.temperature, -1)[v])
+                raise ValueError(
+                    f"{where}: the {zero} gives vocabulary id {v} probability 0 (logit -inf) where the {other} "
+                    f"gives it {p:.3g}, so the divergence is infinite there. Give both models -inf at the same ids "
+                    f"(the same masked vocabulary), or use a divergence that stays finite (jsd, skew_forward_kl, "
+                    f"skew_reverse_kl, tvd)")
+    raise ValueError(f"{where} although its logits are valid; use another divergence or report this")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,7 +336,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tenso
             divergence: str = "forward_kl", temperature: float = 1.0, t2_scaling: bool = False,
             alpha: float | None = None, beta: float | None = None, noise_std: float = 0.0,
             generator: torch.Generator | None = None, shift_labels: bool = False, shared_vocab: bool = False,
-            chunk_size: int | None = None) -> KDLossOutput:
+            chunk_size: int | None = None, invalid_teacher: str = "raise") -> KDLossOutput:
     """The KD loss summed over the selected tokens, and their count (see the module docstring for the formulas).
 
     student_logits [..., V_s], teacher_logits [..., V_t] (same leading shape; None only for cross_entropy);
@@ -274,7 +345,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tenso
     the model). alpha: skew of skew_*_kl (default 0.1) or alpha of `ab`; beta: of `jsd` (default 0.5) or `ab`.
     noise_std: std of Gaussian noise added to the teacher's logits (drawn per chunk from a seed taken from
     `generator`, or from torch's global generator). chunk_size: tokens per chunk (default: about 16M logits).
-    Gradients flow to both inputs where they require grad. Returns KDLossOutput(sum, count); .mean() divides.
+    invalid_teacher: "raise" (default) on a token whose teacher logits hold NaN or +inf (or are all -inf), or
+    "skip" to leave such tokens out (not in count; counted in skipped). -inf logits are probability 0.
+    Gradients flow to both inputs where they require grad. Returns KDLossOutput(sum, count, skipped).
     """
     if not isinstance(student_logits, Tensor) or student_logits.dim() < 1:
         raise TypeError("student_logits must be a tensor [..., vocab]")
@@ -290,10 +363,12 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tenso
             raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                              f"{tuple(teacher_logits.shape)} must agree in all but the vocabulary dimension")
         vocab = _check_vocab(student_logits, teacher_logits, shared_vocab)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
+    if not 0 <= noise_std < math.inf:
+        raise ValueError(f"noise_std must be >= 0 and finite, got {noise_std}")
+    if invalid_teacher not in ("raise", "skip"):
+        raise ValueError(f"invalid_teacher must be 'raise' or 'skip', got {invalid_teacher!r}")
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
     elif chunk_size < 1:
@@ -306,13 +381,20 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tenso
     seed = 0
     if noise_std > 0 and fn is not None:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    plan = _ChunkPlan(fn, vocab, float(temperature), float(noise_std), seed, int(chunk_size))
+    plan = _ChunkPlan(fn, divergence, tuple(lead), vocab, float(temperature), float(noise_std), seed,
+                      int(chunk_size))
     student_2d = student_logits.reshape(-1, student_logits.shape[-1])
     teacher_2d = None if teacher_logits is None else teacher_logits.reshape(-1, teacher_logits.shape[-1])
+    skipped = 0
+    if invalid_teacher == "skip" and teacher_2d is not None and rows.numel():
+        valid = torch.cat([_valid_rows(teacher_2d.detach()[r, :vocab]) for r in rows.split(int(chunk_size))])
+        skipped = int((~valid).sum())
+        rows, targets = rows[valid], targets[valid]
     total = _ChunkedLoss.apply(student_2d, teacher_2d, rows, targets, plan)
     if t2_scaling and fn is not None:
         total = total * temperature**2
-    return KDLossOutput(total, torch.tensor(rows.numel(), device=student_logits.device))
+    device = student_logits.device
+    return KDLossOutput(total, torch.tensor(rows.numel(), device=device), torch.tensor(skipped, device=device))
 
 
 class KDLoss(nn.Module):
@@ -322,22 +404,25 @@ class KDLoss(nn.Module):
     def __init__(self, divergence: str = "forward_kl", *, temperature: float = 1.0, t2_scaling: bool = False,
                  alpha: float | None = None, beta: float | None = None, noise_std: float = 0.0,
                  generator: torch.Generator | None = None, shift_labels: bool = False, shared_vocab: bool = False,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, invalid_teacher: str = "raise"):
         super().__init__()
         if divergence != "cross_entropy":
             _per_token_fn(divergence, alpha, beta)  # fail at construction, not at the first step
         self.divergence = divergence
         self.options = dict(temperature=temperature, t2_scaling=t2_scaling, alpha=alpha, beta=beta,
                             noise_std=noise_std, generator=generator, shift_labels=shift_labels,
-                            shared_vocab=shared_vocab, chunk_size=chunk_size)
+                            shared_vocab=shared_vocab, chunk_size=chunk_size, invalid_teacher=invalid_teacher)
+        self.skipped = 0  # tokens left out so far because the teacher's logits were invalid (invalid_teacher="skip")
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor | None = None,
                 num_items_in_batch: int | Tensor | None = None) -> Tensor:
         out = kd_loss(student_logits, teacher_logits, labels, divergence=self.divergence, **self.options)
+        self.skipped += int(out.skipped)
         return out.mean(num_items_in_batch)
 
     def extra_repr(self) -> str:
-        shown = {k: v for k, v in self.options.items() if v not in (None, False) and k != "generator"}
+        shown = {k: v for k, v in self.options.items()
+                 if v not in (None, False, "raise") and k != "generator"}
         return f"{self.divergence!r}, " + ", ".join(f"{k}={v}" for k, v in shown.items())
 
 

@@ -8,7 +8,8 @@ player_of_token [B, T], masks [M] (the same masks for every prompt) or [B, M], b
 and whatever they hold is left to the attention mask).
 
 Backends: triton (kernels/masked_embed.py; automatic on CUDA tensors) and torch (kdi_fast.reference, automatic
-on CPU). Both run through one autograd.Function; its backward accumulates in float32 (float64 for float64).
+on CPU). Both run behind one torch.library custom op (kdi_fast::masked_embeddings, compiled as one node by
+torch.compile); its backward accumulates in float32 (float64 for float64).
 """
 
 from __future__ import annotations
@@ -34,60 +35,94 @@ def masked_embeddings(embeds: Tensor, player_of_token: Tensor, masks: Tensor, ba
     (default: automatic, see kdi_fast._backend).
     """
     _check(embeds, player_of_token, masks, baseline)
+    return _forward_op(embeds, baseline, player_of_token, masks, backend)
+
+
+# The forward and backward as torch.library custom ops (kdi_fast::masked_embeddings, ::masked_embeddings_backward)
+# so that torch.compile keeps them in the graph as single nodes. Inside, the inputs are brought to the batched
+# form [B, T, H]; the output is [B, M, T, H], or [M, T, H] for one prompt.
+
+
+def _batched(player_of_token: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    player = (player_of_token if player_of_token.dim() == 2 else player_of_token[None]).to(torch.int64)
+    bits = (masks if masks.dim() == 2 else masks[None]).to(torch.int64)
+    return player, bits
+
+
+@torch.library.custom_op("kdi_fast::masked_embeddings", mutates_args=())
+def _forward_op(embeds: Tensor, baseline: Tensor, player_of_token: Tensor, masks: Tensor,
+                backend: str | None) -> Tensor:
+    _check_players(player_of_token)
     name = _backend.choose("masked_embeddings", embeds.device, backend)
-    return _MaskedEmbeddings.apply(embeds, baseline, player_of_token, masks, name)
+    e = embeds if embeds.dim() == 3 else embeds[None]
+    player, bits = _batched(player_of_token, masks)
+    base = baseline.to(embeds.dtype)
+    base = base.reshape((1,) * (3 - base.dim()) + tuple(base.shape))  # [B|1, T|1, H]
+    if name == "triton":
+        from ..kernels import masked_embed as kernel
+
+        out = kernel.forward(e.contiguous(), player.contiguous(), bits.contiguous(), base.contiguous())
+    else:
+        out = reference.masked_embeddings(e, player, bits if bits.shape[0] > 1 else bits[0], base)
+    return out if embeds.dim() == 3 else out[0].contiguous()
 
 
-class _MaskedEmbeddings(torch.autograd.Function):
-    """Inputs are brought to the batched form [B, T, H] inside; the output is [B, M, T, H], or [M, T, H] for
-    one prompt (squeezed here, so that the backward gets no zero-padded [1, M, T, H] copy of its gradient)."""
+@_forward_op.register_fake
+def _(embeds, baseline, player_of_token, masks, backend):
+    return embeds.new_empty((*embeds.shape[:-2], masks.shape[-1], *embeds.shape[-2:]))
 
-    @staticmethod
-    def forward(ctx, embeds: Tensor, baseline: Tensor, player_of_token: Tensor, masks: Tensor, name: str) -> Tensor:
-        e = embeds if embeds.dim() == 3 else embeds[None]
-        player = (player_of_token if player_of_token.dim() == 2 else player_of_token[None]).to(torch.int64)
-        bits = (masks if masks.dim() == 2 else masks[None]).to(torch.int64)
-        base = baseline.to(embeds.dtype)
-        base = base.reshape((1,) * (3 - base.dim()) + tuple(base.shape))  # [B|1, T|1, H]
-        if name == "triton":
-            from ..kernels import masked_embed as kernel
 
-            out = kernel.forward(e.contiguous(), player.contiguous(), bits.contiguous(), base.contiguous())
-        else:
-            out = reference.masked_embeddings(e, player, bits if bits.shape[0] > 1 else bits[0], base)
-        ctx.save_for_backward(player, bits)
-        ctx.name = name
-        ctx.shapes = (embeds.shape, baseline.shape)
-        ctx.dtypes = (embeds.dtype, baseline.dtype)
-        return out if embeds.dim() == 3 else out[0]
+@torch.library.custom_op("kdi_fast::masked_embeddings_backward", mutates_args=())
+def _backward_op(grad: Tensor, player_of_token: Tensor, masks: Tensor, backend: str | None) -> tuple[Tensor, Tensor]:
+    """grad [B, M, T, H] (or [M, T, H]) -> the sums over kept and over dropped masks, two [B, T, H] tensors
+    in float32 (float64 for a float64 grad)."""
+    name = _backend.choose("masked_embeddings", grad.device, backend)
+    grad = grad if grad.dim() == 4 else grad[None]
+    player, bits = _batched(player_of_token, masks)
+    if name == "triton":
+        from ..kernels import masked_embed as kernel
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        player, bits = ctx.saved_tensors
-        (embeds_shape, baseline_shape), (embeds_dtype, baseline_dtype) = ctx.shapes, ctx.dtypes
-        grad = grad if grad.dim() == 4 else grad[None]
-        if ctx.name == "triton":
-            from ..kernels import masked_embed as kernel
+        kept, dropped = kernel.backward(grad.contiguous(), player.contiguous(), bits.contiguous())
+        return kept, dropped.clone()  # two views of one buffer: an op's outputs may not alias each other
+    return _torch_backward(grad, player, bits)
 
-            grad_kept, grad_dropped = kernel.backward(grad.contiguous(), player.contiguous(), bits.contiguous())
-        else:
-            grad_kept, grad_dropped = _torch_backward(grad, player, bits)
-        grad_embeds = grad_baseline = None
-        if ctx.needs_input_grad[0]:
-            grad_embeds = grad_kept.reshape(embeds_shape).to(embeds_dtype)
-        if ctx.needs_input_grad[1]:
-            # [B, T, H] per position -> the baseline's own shape: sum over prompts, and over tokens for [H]
-            reduce = {1: (0, 1), 2: (0,), 3: ()}[len(baseline_shape)]
-            grad_baseline = grad_dropped.sum(reduce) if reduce else grad_dropped
-            grad_baseline = grad_baseline.reshape(baseline_shape).to(baseline_dtype)
-        return grad_embeds, grad_baseline, None, None, None
+
+@_backward_op.register_fake
+def _(grad, player_of_token, masks, backend):
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    shape = (*grad.shape[:-3], *grad.shape[-2:]) if grad.dim() == 4 else (1, *grad.shape[-2:])
+    return grad.new_empty(shape, dtype=acc), grad.new_empty(shape, dtype=acc)
+
+
+def _setup_context(ctx, inputs, output):
+    embeds, baseline, player_of_token, masks, backend = inputs
+    ctx.save_for_backward(player_of_token, masks)
+    ctx.backend = backend
+    ctx.shapes = (embeds.shape, baseline.shape)
+    ctx.dtypes = (embeds.dtype, baseline.dtype)
+
+
+def _backward(ctx, grad: Tensor):
+    player_of_token, masks = ctx.saved_tensors
+    (embeds_shape, baseline_shape), (embeds_dtype, baseline_dtype) = ctx.shapes, ctx.dtypes
+    grad_kept, grad_dropped = _backward_op(grad, player_of_token, masks, ctx.backend)
+    grad_embeds = grad_baseline = None
+    if ctx.needs_input_grad[0]:
+        grad_embeds = grad_kept.reshape(embeds_shape).to(embeds_dtype)
+    if ctx.needs_input_grad[1]:
+        # [B, T, H] per position -> the baseline's own shape: sum over prompts, and over tokens for [H]
+        reduce = {1: (0, 1), 2: (0,), 3: ()}[len(baseline_shape)]
+        grad_baseline = grad_dropped.sum(reduce) if reduce else grad_dropped
+        grad_baseline = grad_baseline.reshape(baseline_shape).to(baseline_dtype)
+    return grad_embeds, grad_baseline, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _torch_backward(grad: Tensor, player: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
     """The torch twin of kernels.masked_embed.backward: grad [B, M, T, H] -> two [B, T, H] sums (fp32/fp64)."""
-    is_player = player >= 0
-    kept = ((bits[:, :, None] >> player.clamp(min=0)[:, None, :]) & 1).bool() | ~is_player[:, None, :]  # [B, M, T]
+    kept = reference.tokens_present(player, bits)  # [B, M, T]
     g = grad.double() if grad.dtype == torch.float64 else grad.float()
     return torch.einsum("bmt,bmth->bth", kept.to(g.dtype), g), torch.einsum("bmt,bmth->bth", (~kept).to(g.dtype), g)
 
@@ -121,6 +156,10 @@ def _check(embeds: Tensor, player_of_token: Tensor, masks: Tensor, baseline: Ten
     if len(devices) > 1:
         raise ValueError(f"embeds, player_of_token, masks and baseline are on different devices "
                          f"({', '.join(sorted(map(str, devices)))}); move them to one device")
+
+
+def _check_players(player_of_token: Tensor) -> None:
+    """The player ids' range (reads the data: run inside the op, never in traced code)."""
     if player_of_token.numel():
         low, high = int(player_of_token.min()), int(player_of_token.max())
         if low < -1 or high >= _MAX_PLAYERS:

@@ -37,60 +37,104 @@ def target_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tenso
     hidden is cast to the compute dtype per chunk. backend: "triton" or "torch" (default: automatic).
     """
     _check(hidden, weight, targets, bias, chunk_size)
+    out, _ = _forward_op(hidden, weight, targets, bias, chunk_size, _compute_dtype(hidden, weight), backend)
+    return out
+
+
+# The forward and backward as torch.library custom ops (kdi_fast::target_logprobs, ::target_logprobs_backward),
+# so that torch.compile keeps them in the graph as single nodes (their fake impls give shapes and dtypes).
+# The forward also returns the per-row log-sum-exp, which the backward reads (no gradient flows through it).
+
+
+def _acc_dtype(hidden: Tensor) -> torch.dtype:
+    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("kdi_fast::target_logprobs", mutates_args=())
+def _forward_op(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None, chunk_size: int,
+                compute: torch.dtype, backend: str | None) -> tuple[Tensor, Tensor]:
+    _check_targets(targets, weight)
     name = _backend.choose("target_logprobs", hidden.device, backend)
-    return _TargetLogprobs.apply(hidden, weight, bias, targets, chunk_size, name)
+    acc = _acc_dtype(hidden)
+    targets = targets.to(torch.int64).contiguous()
+    w = weight.to(compute)
+    b = None if bias is None else bias.to(acc).contiguous()
+    out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+    lse = torch.empty_like(out)
+    with _no_autocast(hidden):
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = hidden[rows].to(compute) @ w.T
+            out[rows], lse[rows] = _lse_and_target(logits, targets[rows], b, acc, name)
+    return out, lse
 
 
-class _TargetLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int,
-                name: str) -> Tensor:
-        compute = _compute_dtype(hidden, weight)
-        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        targets = targets.to(torch.int64).contiguous()
-        w = weight.detach().to(compute)
-        b = None if bias is None else bias.detach().to(acc).contiguous()
-        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
-        lse = torch.empty_like(out)
-        with _no_autocast(hidden):
-            for start in range(0, hidden.shape[0], chunk_size):
-                rows = slice(start, start + chunk_size)
-                logits = hidden[rows].detach().to(compute) @ w.T
-                out[rows], lse[rows] = _lse_and_target(logits, targets[rows], b, acc, name)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.settings = (chunk_size, name, compute, acc)
-        return out
+@_forward_op.register_fake
+def _(hidden, weight, targets, bias, chunk_size, compute, backend):
+    out = hidden.new_empty(hidden.shape[:1], dtype=_acc_dtype(hidden))
+    return out, torch.empty_like(out)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        chunk_size, name, compute, acc = ctx.settings
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad = grad.to(acc).contiguous()  # e.g. out.sum().backward() hands in an expanded (stride 0) tensor
-        w = weight.to(compute)
-        b = None if bias is None else bias.to(acc).contiguous()
-        grad_h = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_h else None
-        # the weight's gradient is a sum over all rows: accumulate it in fp32 (fp64) even for half weights
-        grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(compute, acc), device=weight.device) \
-            if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
-        with _no_autocast(hidden):
-            for start in range(0, hidden.shape[0], chunk_size):
-                rows = slice(start, start + chunk_size)
-                h = hidden[rows].to(compute)
-                grad_logits = _grad_logits(h @ w.T, targets[rows], lse[rows], grad[rows], b, acc, name)
-                if need_h:
-                    torch.mm(grad_logits, w, out=grad_h[rows])
-                if need_w:
-                    if grad_w.dtype == grad_logits.dtype:
-                        grad_w.addmm_(grad_logits.T, h)  # no [V, H] temporary
-                    else:
-                        grad_w += (grad_logits.T @ h).to(grad_w.dtype)
-                if need_b:
-                    grad_b += grad_logits.sum(0, dtype=acc)
-        return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
-                grad_b.to(bias.dtype) if need_b else None, None, None, None)
+
+@torch.library.custom_op("kdi_fast::target_logprobs_backward", mutates_args=())
+def _backward_op(grad: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, lse: Tensor,
+                 chunk_size: int, compute: torch.dtype, backend: str | None, need_h: bool, need_w: bool,
+                 need_b: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_hidden, grad_weight, grad_bias) in the inputs' dtypes; an empty [0] tensor for each one not needed."""
+    name = _backend.choose("target_logprobs", hidden.device, backend)
+    acc = _acc_dtype(hidden)
+    targets = targets.to(torch.int64)
+    grad = grad.to(acc).contiguous()  # e.g. out.sum().backward() hands in an expanded (stride 0) tensor
+    w = weight.to(compute)
+    b = None if bias is None else bias.to(acc).contiguous()
+    grad_h = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_h else None
+    # the weight's gradient is a sum over all rows: accumulate it in fp32 (fp64) even for half weights
+    grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(compute, acc), device=weight.device) \
+        if need_w else None
+    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+    with _no_autocast(hidden):
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            h = hidden[rows].to(compute)
+            grad_logits = _grad_logits(h @ w.T, targets[rows], lse[rows], grad[rows], b, acc, name)
+            if need_h:
+                torch.mm(grad_logits, w, out=grad_h[rows])
+            if need_w:
+                if grad_w.dtype == grad_logits.dtype:
+                    grad_w.addmm_(grad_logits.T, h)  # no [V, H] temporary
+                else:
+                    grad_w += (grad_logits.T @ h).to(grad_w.dtype)
+            if need_b:
+                grad_b += grad_logits.sum(0, dtype=acc)
+    empty = hidden.new_empty(0)
+    return (grad_h.to(hidden.dtype) if need_h else empty, grad_w.to(weight.dtype) if need_w else empty.clone(),
+            grad_b.to(bias.dtype) if need_b else empty.clone())
+
+
+@_backward_op.register_fake
+def _(grad, hidden, weight, bias, targets, lse, chunk_size, compute, backend, need_h, need_w, need_b):
+    empty = hidden.new_empty(0)
+    return (torch.empty_like(hidden) if need_h else empty, torch.empty_like(weight) if need_w else empty.clone(),
+            torch.empty_like(bias) if need_b else empty.clone())
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, targets, bias, chunk_size, compute, backend = inputs
+    ctx.save_for_backward(hidden, weight, bias, targets, output[1])
+    ctx.settings = (chunk_size, compute, backend)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad: Tensor, _grad_lse: Tensor | None):
+    hidden, weight, bias, targets, lse = ctx.saved_tensors
+    chunk_size, compute, backend = ctx.settings
+    need_h, need_w, _, need_b = ctx.needs_input_grad[:4]
+    grad_h, grad_w, grad_b = _backward_op(grad, hidden, weight, bias, targets, lse, chunk_size, compute, backend,
+                                          need_h, need_w, need_b)
+    return (grad_h if need_h else None, grad_w if need_w else None, None, grad_b if need_b else None,
+            None, None, None)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _lse_and_target(logits: Tensor, targets: Tensor, bias: Tensor | None, acc: torch.dtype,
@@ -160,6 +204,10 @@ def _check(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None,
     if len(devices) > 1:
         raise ValueError(f"hidden, weight, targets and bias are on different devices "
                          f"({', '.join(sorted(map(str, devices)))}); move them to one device")
+
+
+def _check_targets(targets: Tensor, weight: Tensor) -> None:
+    """The target ids' range (reads the data: run inside the op, never in traced code)."""
     if targets.numel():
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= weight.shape[0]:

@@ -182,19 +182,41 @@ def _transformed(x: Tensor, n: int, max_order: int | None, sign: int, superset: 
     return buf
 
 
-class _Transform(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, n: int, max_order: int | None, sign: int, superset: bool,
-                backend: str | None) -> Tensor:
-        ctx.args = (n, max_order, sign, superset, backend)
-        ctx.input_dtype = x.dtype
-        return _transformed(x, n, max_order, sign, superset, backend)
+# ----------------------------------------------------------------------------------------------------------
+# The four transforms as torch.library custom ops (kdi_fast::mobius, ::zeta, ::mobius_transpose, ::zeta_transpose):
+# torch.compile sees them as single nodes (a fake impl gives the output's shape and dtype) instead of breaking
+# the graph at the raw data pointers of the kernels. The backward of each is its transpose, itself an op, so
+# gradients of any order work in eager and compiled code.
+# ----------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        n, max_order, sign, superset, backend = ctx.args
-        grad_in = _Transform.apply(grad, n, max_order, sign, not superset, backend)
-        return grad_in.to(ctx.input_dtype), None, None, None, None, None
+_TRANSFORMS = {(-1, False): "mobius", (+1, False): "zeta", (-1, True): "mobius_transpose", (+1, True): "zeta_transpose"}
+_OPS: dict[tuple[int, bool], object] = {}
+
+
+def _define(name: str, sign: int, superset: bool):
+    def impl(x: Tensor, max_order: int | None, backend: str | None) -> Tensor:
+        return _transformed(x, _infer_layout(x.shape[-1], max_order), max_order, sign, superset, backend)
+
+    op = torch.library.custom_op(f"kdi_fast::{name}", impl, mutates_args=())
+
+    @op.register_fake
+    def _(x, max_order, backend):
+        return torch.empty(x.shape, dtype=_compute_dtype(x.dtype), device=x.device)
+
+    def setup_context(ctx, inputs, output):
+        x, ctx.max_order, ctx.backend = inputs
+        ctx.input_dtype = x.dtype
+
+    def backward(ctx, grad):
+        transpose = _OPS[sign, not superset](grad.contiguous(), ctx.max_order, ctx.backend)
+        return transpose.to(ctx.input_dtype), None, None
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+for (_sign, _superset), _name in _TRANSFORMS.items():
+    _OPS[_sign, _superset] = _define(_name, _sign, _superset)
 
 
 def _apply(x: Tensor, max_order: int | None, sign: int, superset: bool, out: Tensor | None,
@@ -204,9 +226,9 @@ def _apply(x: Tensor, max_order: int | None, sign: int, superset: bool, out: Ten
     _compute_dtype(x.dtype)
     if x.dim() == 0:
         raise ValueError("expected at least one dimension (the 2^n subsets along the last one), got a scalar")
-    n = _infer_layout(x.shape[-1], max_order)
+    n = _infer_layout(int(x.shape[-1]), max_order)
     if out is None:
-        return _Transform.apply(x, n, max_order, sign, superset, backend)
+        return _OPS[sign, superset](x, max_order, backend)
     if not isinstance(out, Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     if out.device != x.device:
