@@ -91,3 +91,14 @@ def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
     with pytest.raises(ValueError, match="another configuration"):
         run_lab(out, quick_config().__class__(seeds=(0,)), progress=False)
     np.testing.assert_allclose(found["sparsity"]["rows"][0]["n"], len(config.seeds))
+
+
+def test_spearman_interval_brackets_the_point_and_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    y = x + rng.normal(size=40)
+    ci = analysis._spearman_ci(x, y)
+    assert ci["rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert ci["lo"] < ci["rho"] < ci["hi"] and ci["lo"] > 0

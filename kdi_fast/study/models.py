@@ -1,9 +1,9 @@
 """The laboratory models: tiny Llama-architecture causal LMs built from configs (no download).
 
 Sizes (parameters, with the 15-token vocabulary; embeddings tied):
-  teacher   hidden 128, 4 layers, 4 heads, MLP 512
-  student_m hidden 64, 2 layers, 4 heads, MLP 256   (the larger student)
-  student_s hidden 48, 2 layers, 4 heads, MLP 192   (the smaller student)
+  teacher   hidden 128, 4 layers, 4 heads, MLP 512   (1,051,648)
+  student_m hidden 64, 2 layers, 4 heads, MLP 256   (the larger student, 132,352)
+  student_s hidden 48, 2 layers, 4 heads, MLP 192   (the smaller student, 74,688)
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .analysis import bootstrap_mean, findings
 from .lab import MASKINGS, LabConfig
 from .measure import K, MAX_SIMPLE_ORDER, SALIENT, chance_overlap
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "calibration"]
 
 _INTERACTION_KEYS = ("gini", "gini_simple", "gini_complex", "share_complex", "overlap", "overlap_simple",
                      "overlap_complex", "salient_complex_overlap")
@@ -153,6 +153,32 @@ def _plots(records, found: dict, out: Path, sizes) -> list[str]:
     return written
 
 
+def calibration(lab_dir: str | Path) -> dict:
+    """The lab tier's calibration from its runs: the teacher's accuracy, the no-KD (sft) students' test accuracy
+    per size (mean and 95% CI over seeds), parameters, training speed per method and the engine's masks/s."""
+    lab = Path(lab_dir)
+    records = [json.loads(p.read_text()) for p in sorted((lab / "runs").glob("*.json"))]
+    out = {"teacher": json.loads((lab / "teacher.json").read_text()),
+           "splits": json.loads((lab / "splits.json").read_text()), "students": {}, "speed": {}}
+    for r in records:
+        size, cell = r["cell"]["size"], r["cell"]
+        if cell["method"] == "sft" and not cell["cip"]:
+            entry = out["students"].setdefault(size, {"parameters": r["parameters"], "test": [], "val": []})
+            entry["test"].append(r["test_accuracy"])
+            entry["val"].append(r["val_accuracy"])
+        key = f"{size}/{cell['method']}" + ("+cip" if cell["cip"] else "")
+        speed = out["speed"].setdefault(key, {"steps_per_second": [], "masks_per_second": []})
+        speed["steps_per_second"].append(r.get("steps_per_second"))
+        speed["masks_per_second"].append(np.mean(list(r.get("masks_per_second", {}).values()) or [math.nan]))
+    for entry in out["students"].values():
+        entry["test_accuracy"] = bootstrap_mean(entry.pop("test"))
+        entry["val_accuracy"] = bootstrap_mean(entry.pop("val"))
+    for key, speed in out["speed"].items():
+        out["speed"][key] = {k: float(np.median([x for x in v if x is not None])) if v else math.nan
+                             for k, v in speed.items()}
+    return out
+
+
 def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "", plots: bool = True) -> dict:
     """Read lab_dir's runs, write findings.json, runs.csv, cells.json, REPORT.md (and plots) to out_dir."""
     lab, out = Path(lab_dir), Path(out_dir)
@@ -176,6 +202,8 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
         writer.writerows(rows)
     (out / "runs.csv.tmp").rename(out / "runs.csv")
     figures = _plots(records, found, out, config.sizes) if plots else []
+    calib = calibration(lab)
+    write_json_atomic(out / "calibration.json", calib)
 
     chance = chance_overlap(8)
     lines = [
@@ -194,6 +222,13 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
         f"Students: {', '.join(config.sizes)}; {config.student_steps} steps, batch {config.student_batch}, "
         f"lr {config.student_lr}; seeds {list(config.seeds)} (initial weights, data order, sampling, noise, CIP "
         f"partitions). CIP: m = {config.cip_m} groups, pad-embedding masking, weights {list(config.cip_weights)}.",
+        "No-KD (sft) students, test accuracy (mean [95% CI] over seeds): " + "; ".join(
+            f"{size} ({e['parameters']} parameters): {_ci(e['test_accuracy'])}"
+            for size, e in calib["students"].items()) + ".",
+        "Speed on the shared 2-core CPU (median over runs; two grid processes and other jobs running): " + "; ".join(
+            f"{k}: {v['steps_per_second']:.1f} steps/s" for k, v in calib["speed"].items()) +
+        "; engine: " + f"{np.median([v['masks_per_second'] for v in calib['speed'].values()]):.0f} masks/s "
+        "(n = 8, 32 prompts, both maskings, the engine's automatic path).",
         "", "## Definitions (fixed before running)", "",
         f"- players: the n = 8 digit slots; y* = the true answer; v = log-odds of its mean token probability.",
         f"- maskings: `embedding` (the masked slot's embedding replaced by that of the pad token `_`, which the "
