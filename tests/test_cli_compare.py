@@ -72,7 +72,7 @@ def test_files_and_numbers_are_the_metric_functions(setup, run_once):
     text = (out / "report.md").read_text()
     assert f"| cat | 3 | {fmt(gini(teacher['cat']).item())} |" in text
     assert "student-1L" in text and "1 of the teacher's 2 layers" in text
-    assert summary["command"]["n"] == 3 and summary["timings_s"]["total"] > 0
+    assert summary["interaction_settings"]["n_players"] == 3 and summary["timings_s"]["total"] > 0
     assert summary["settings"]["extractor"] == "last_number"  # the default for a prompt file
 
 

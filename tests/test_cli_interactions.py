@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdi_fast.cli import main
-from kdi_fast.cli.interactions import parse_baseline, parse_players, parse_size
+from kdi_fast.cli.interactions import parse_players
 from kdi_fast.data import PromptRecord, load_gsm_symbolic, load_prompts, records_digest
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,19 +111,30 @@ def test_parse_players():
             parse_players(bad)
 
 
-def test_parse_size_and_baseline():
-    assert parse_size(None) is None
-    assert parse_size("2GB") == 2 * 1024**3
-    assert parse_size("512MiB") == 512 * 1024**2
-    assert parse_size("1.5g") == int(1.5 * 1024**3)
-    assert parse_size("1000") == 1000
+def test_settings_flags_parse_sizes_and_baselines():
+    import argparse
+
+    from kdi_fast.engine.settings import InteractionSettings
+
+    parser = argparse.ArgumentParser()
+    InteractionSettings.add_arguments(parser)
+    parse = lambda *argv: InteractionSettings.from_args(parser.parse_args(list(argv)))  # noqa: E731
+    assert parse().memory_budget is None and parse().dtype == "float32" and parse().device is None
+    assert parse("--memory-budget", "2GB").memory_budget == 2 * 1024**3
+    assert parse("--memory-budget", "512MiB").memory_budget == 512 * 1024**2
+    assert parse("--memory-budget", "1.5g").memory_budget == int(1.5 * 1024**3)
+    assert parse("--memory-budget", "1000").memory_budget == 1000
     for bad in ("lots", "-1GB", "0", "2PB"):
         with pytest.raises(ValueError, match="--memory-budget"):
-            parse_size(bad)
-    assert [parse_baseline(b) for b in ("pad", "unk", "zeros", "mean", "7")] == ["pad", "unk", "zeros", "mean", 7]
+            parse(f"--memory-budget={bad}")
+    assert [parse("--baseline", b).baseline for b in ("pad", "unk", "zeros", "mean", "7")] == \
+        ["pad", "unk", "zeros", "mean", 7]
     for bad in ("eos", "-3"):
         with pytest.raises(ValueError, match="--baseline"):
-            parse_baseline(bad)
+            parse(f"--baseline={bad}")
+    assert parse("--n", "3").n_players == parse("--n-players", "3").n_players == 3
+    with pytest.raises(ValueError, match="--n-players 0: n_players must be a positive int"):
+        parse("--n", "0")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,8 +146,8 @@ def test_parse_size_and_baseline():
     (["--data", "{tmp}/missing.jsonl"], "missing.jsonl' does not exist"),
     (["--data", "{tmp}/bad.jsonl"], "line 2: missing or empty \"prompt\""),
     (["--model", "{tmp}/no_model_here"], "is not a directory"),
-    (["--n", "0"], "--n must be >= 1"),
-    (["--target-tokens", "0"], "--target-tokens must be >= 1"),
+    (["--n", "0"], "--n-players 0: n_players must be a positive int"),
+    (["--target-tokens", "0"], "--target-tokens 0: max_target_tokens must be a positive int"),
     (["--limit", "0"], "--limit must be >= 1"),
     (["--players", "1,x"], "--players '1,x'"),
     (["--memory-budget", "a lot"], "--memory-budget"),

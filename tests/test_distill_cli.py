@@ -276,3 +276,30 @@ def test_cli_refuses_an_out_held_by_another_run(teacher_dir, data_file, tmp_path
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_cli_trainer_options(teacher_dir, data_file, tmp_path, capsys):
+    """--grad-accum, --gradient-checkpointing, --bf16, --eval-every, --save-total-limit and --keep-checkpoints reach
+    the trainer and do what they say."""
+    out = tmp_path / "out"
+    assert main(_args(teacher_dir, data_file, out, "--steps", "3", "--checkpoint-every", "1", "--grad-accum", "2",
+                      "--gradient-checkpointing", "--bf16", "--eval-every", "1", "--save-total-limit", "2",
+                      "--keep-checkpoints", "--no-eval")) == 0
+    kept = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert kept == ["checkpoint-2", "checkpoint-3"]
+    state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [1, 2, 3]
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(e["seconds"] > 0 for e in log)
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["grad_accum"] == 2 and config["precision"] == "bf16" and config["gradient_checkpointing"]
+    assert not (out / "student" / "training_args.bin").exists()  # no pickle among the outputs
+    # A tracker: its files where it is installed, else a one-line error naming --report-to.
+    import importlib.util
+
+    code = main(_args(teacher_dir, data_file, tmp_path / "tb", "--steps", "1", "--report-to", "tensorboard",
+                      "--no-eval"))
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        assert code == 0 and list((tmp_path / "tb").rglob("events.out.tfevents*"))
+    else:
+        assert code == 2 and "--report-to tensorboard" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """kdi distill in several processes on CPU (gloo): `torchrun --nproc_per_node 2` with per-process batch b ends with
 the weights of one process with batch 2b (kd, gkd on-policy, kd + CIP), on examples of uneven lengths, so that the
-token normalisation across processes and the process-independent on-policy sampling are both exercised; and one
-process with 2 accumulated micro-batches of b equals one batch of 2b."""
+token normalisation across processes and the process-independent on-policy sampling are both exercised; the same
+for `accelerate launch` with the shipped FSDP config on CPU; and one process with 2 accumulated micro-batches of b
+equals one batch of 2b."""
 
 from __future__ import annotations
 
@@ -40,12 +41,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(inputs, out, processes: int, batch: int, *extra) -> dict:
+def _run(inputs, out, processes: int, batch: int, *extra, launcher: list[str] | None = None) -> dict:
     teacher, data = inputs
     args = ["distill", "--teacher", str(teacher), "--student", "layers:1", "--data", str(data), "--eval-size", "1",
             "--batch-size", str(batch), "--lr", "1e-2", "--max-new-tokens", "4", "--max-length", "40", "--steps", "2",
             "--out", str(out), "--no-progress", "--no-eval", *extra]
-    if processes == 1:
+    if launcher is not None:
+        command = [sys.executable, *launcher, "-m", "kdi_fast", *args]
+    elif processes == 1:
         command = [sys.executable, "-m", "kdi_fast", *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
@@ -93,3 +96,21 @@ def test_accumulated_micro_batches_equal_one_batch(inputs, tmp_path):
         distill(load_model(teacher_dir), student, tokenizer, examples, tmp_path / name, config, progress=False)
         weights[name] = {k: v.clone() for k, v in student.state_dict().items()}
     _assert_close(weights["one"], weights["accum"])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_shipped_fsdp_config_on_cpu(inputs, tmp_path):
+    """examples/accelerate/fsdp.yaml (FSDP2, full shard) with its GPU settings switched to 2 CPU processes: the same
+    weights as one process with the double batch."""
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = yaml.safe_load(open(os.path.join(root, "examples", "accelerate", "fsdp.yaml")))
+    config.update(use_cpu=True, num_processes=2, mixed_precision="no", main_process_port=_free_port())
+    path = tmp_path / "fsdp_cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    one = _run(inputs, tmp_path / "one", 1, 4, "--method", "kd")
+    sharded = _run(inputs, tmp_path / "fsdp", 2, 2, "--method", "kd", launcher=["-m", "accelerate.commands.launch",
+                                                                                "--config_file", str(path)])
+    assert json.loads((tmp_path / "fsdp" / "run.json").read_text())["identity"]["processes"] == 2
+    _assert_close(one, sharded)

@@ -144,7 +144,7 @@ def test_sparse_bad_input(llama, smollm_tokenizer):
         compute_interactions(llama, smollm_tokenizer, [PROMPT], n_players=64, method="sparse", budget=2000)
     with pytest.raises(ValueError, match=r"budget=50 is too small for 20 players: .* at least 74"):
         compute_interactions(llama, smollm_tokenizer, [PROMPT], n_players=20, method="sparse", budget=50)
-    with pytest.raises(TypeError, match="needs budget=Q"):
+    with pytest.raises(ValueError, match="needs budget=Q"):
         compute_interactions(llama, smollm_tokenizer, [PROMPT], n_players=20, method="sparse")
     with pytest.raises(ValueError, match="method='sparse' only"):
         compute_interactions(llama, smollm_tokenizer, [PROMPT], n_players=4, budget=100)

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..engine.masking import MASKINGS
+from ..engine.settings import InteractionSettings
+from ._common import add_common_arguments, quiet_transformers
 
 DEFAULT_PROMPT_IDS = (
     "green-hand", "doctor-visit", "moon-orbits", "key-lock", "not-happy", "week-days", "clock-hours", "thank-you",
@@ -53,20 +54,12 @@ def register(subparsers) -> None:
                    help="prompt file (.jsonl with \"prompt\" and optional \"target\", \"players\", \"id\"; or one "
                         "prompt per line), 'builtin' for all 40 built-in prompts; default: 8 built-in prompts")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts")
-    p.add_argument("--n", type=int, default=8, help="players per prompt when chosen automatically (default 8)")
-    p.add_argument("--target-tokens", type=int, default=16,
-                   help="length of the teacher's greedy target y* when a prompt has none (default 16)")
     p.add_argument("--gen-tokens", type=int, default=24,
                    help="tokens each model generates for agreement, BLEU and ROUGE-L (default 24; 0 skips them)")
     p.add_argument("--answer", choices=_ANSWERS, default=None,
                    help="final-answer extractor for agreement: number (the last number: math answers), word (the "
                         "first word: short completions) or number-or-word (the last number if there is one, else "
                         "the first word). Default: word for the built-in prompts (short completions), else number")
-    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
-                   help="how absent players are masked (default embedding)")
-    p.add_argument("--baseline", default="pad", help="pad, unk, zeros, mean or a token id (default pad)")
-    p.add_argument("--chat-template", action="store_true",
-                   help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--ks", default=DEFAULT_KS,
                    help=f"the Overlap@k ratios, comma-separated (default {DEFAULT_KS})")
     p.add_argument("--k", type=float, default=0.1,
@@ -75,12 +68,9 @@ def register(subparsers) -> None:
                    help="largest order counted as simple (default n // 2: complex = more than half the players)")
     p.add_argument("--salient", type=float, default=0.05,
                    help="salient threshold on |I_S| / max |I_S| (default 0.05)")
-    p.add_argument("--memory-budget", default=None, help="working memory for the masked batches, e.g. 2GB")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default="float32")
-    p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="recompute every model even if OUT holds its results")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_arguments(p)
+    InteractionSettings.add_arguments(p, defaults={"n_players": 8})
     from .interactions import add_sparse_arguments
 
     add_sparse_arguments(p)
@@ -206,12 +196,12 @@ def _run(args: argparse.Namespace) -> int:
     from ..report import write_report
     from ..models import keep_layer_indices
     from .checks import check_model_dir, check_number, check_seed, parse_device
-    from .interactions import load_tokenizer_arg, parse_baseline, parse_size
+    from .interactions import load_tokenizer_arg
 
     started = time.perf_counter()
     # Everything cheap is checked before a model is loaded.
-    for name, value, low in (("--n", args.n, 1), ("--target-tokens", args.target_tokens, 1),
-                             ("--gen-tokens", args.gen_tokens, 0), ("--limit", args.limit, 1)):
+    settings = InteractionSettings.from_args(args)
+    for name, value, low in (("--gen-tokens", args.gen_tokens, 0), ("--limit", args.limit, 1)):
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     ks = parse_ks(args.ks)
@@ -219,9 +209,7 @@ def _run(args: argparse.Namespace) -> int:
     check_number("--salient", args.salient, low=0, high=1, high_open=True)  # a fraction of the largest |I_S|
     if args.max_simple_order is not None and args.max_simple_order < 0:
         raise ValueError(f"--max-simple-order must be >= 0, got {args.max_simple_order}")
-    check_seed("--seed", args.seed)
-    baseline = parse_baseline(args.baseline)
-    memory_budget = parse_size(args.memory_budget)
+    check_seed("--seed", settings.seed)
     specs = list(args.student) if args.student else [DEFAULT_STUDENT]
     check_model_dir("--teacher", args.teacher)
     for spec in specs:
@@ -236,18 +224,13 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     runs = out / "runs"
     progress = not args.quiet
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
+    quiet_transformers(args.quiet)
 
-        hf_logging.disable_progress_bar()
-
-    device = parse_device("--device", args.device)
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(args.seed)
+    device = parse_device("--device", settings.device)
+    dtype = getattr(torch, settings.dtype)
+    torch.manual_seed(settings.seed)
     tokenizer = load_tokenizer_arg(args.tokenizer, args.teacher, "--teacher")
-    settings = dict(n_players=args.n, max_target_tokens=args.target_tokens, masking=args.masking,
-                    baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
-                    overwrite=args.overwrite, progress=progress, extra_settings={"seed": args.seed})
+    run_options = dict(settings=settings, overwrite=args.overwrite, progress=progress)
     timings: dict[str, float] = {}
     described: dict[str, str] = {}
     outputs: dict[str, list[str]] = {}
@@ -257,12 +240,12 @@ def _run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr, flush=True)
 
     say(f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
-    if args.budget is not None:
+    if settings.method == "sparse":
         from ..engine.sparse import min_budget
 
-        if args.budget < min_budget(args.n):
-            raise ValueError(f"--budget {args.budget} is too small for --n {args.n}: sparse recovery needs at "
-                             f"least {min_budget(args.n)} masks (held-out ones included)")
+        if settings.budget < min_budget(settings.n_players):
+            raise ValueError(f"--budget {settings.budget} is too small for --n {settings.n_players}: sparse recovery "
+                             f"needs at least {min_budget(settings.n_players)} masks (held-out ones included)")
         if args.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     t0 = time.perf_counter()
@@ -276,14 +259,14 @@ def _run(args: argparse.Namespace) -> int:
                                  f"give layers:K with 1 <= K <= {teacher.config.num_hidden_layers}, or increasing "
                                  f"indices below {teacher.config.num_hidden_layers}") from None
     described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
-    if args.budget is not None:
-        return _run_sparse_compare(args, teacher, tokenizer, specs, labels, records, runs, out, described, device,
-                                   dtype, baseline, memory_budget, progress, started)
+    if settings.method == "sparse":
+        return _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, records, runs, out, described,
+                                   device, dtype, progress, started)
     say(f"[teacher] interactions of {described['teacher']}")
     done = {"teacher": run_interactions(teacher, tokenizer, records, runs / "teacher",
-                                        model_name=f"teacher:{args.teacher}", **settings)}
+                                        model_name=f"teacher:{args.teacher}", **run_options)}
     if args.gen_tokens:
-        outputs["teacher"] = _generate(teacher, tokenizer, records, args.gen_tokens, args.chat_template,
+        outputs["teacher"] = _generate(teacher, tokenizer, records, args.gen_tokens, settings.chat_template,
                                        runs / "teacher" / "generations.json", progress, "teacher")
     timings["teacher"] = time.perf_counter() - t0
 
@@ -302,9 +285,9 @@ def _run(args: argparse.Namespace) -> int:
             described[label] = f"{spec} ({_describe(model)})"
         say(f"[{label}] interactions of {described[label]}, with the teacher's y*, players and masks")
         done[label] = run_interactions(model, tokenizer, records, runs / label, model_name=f"student:{spec}",
-                                       like_dir=runs / "teacher", **settings)
+                                       like_dir=runs / "teacher", **run_options)
         if args.gen_tokens:
-            outputs[label] = _generate(model, tokenizer, records, args.gen_tokens, args.chat_template,
+            outputs[label] = _generate(model, tokenizer, records, args.gen_tokens, settings.chat_template,
                                        runs / label / "generations.json", progress, label)
         results[label] = _ordered(load_results(runs / label), records)
         del model
@@ -320,16 +303,18 @@ def _run(args: argparse.Namespace) -> int:
         **{label: text for label, text in described.items()},
         "data": args.data or f"{len(records)} built-in prompts ({', '.join(r.id for r in records)})",
         "targets y*": (f"the prompt's target, else the teacher's greedy continuation "
-                       f"(<= {args.target_tokens} tokens)"),
-        "masking": f"{args.masking}, baseline {args.baseline}" + (", chat template" if args.chat_template else ""),
+                       f"(<= {settings.max_target_tokens} tokens)"),
+        "masking": f"{settings.masking}, baseline {settings.baseline}" +
+                   (", chat template" if settings.chat_template else ""),
         "outputs for agreement/BLEU/ROUGE-L": (f"each model's greedy continuation, <= {args.gen_tokens} tokens"
                                                if args.gen_tokens else "not generated (--gen-tokens 0)"),
-        "device": f"{device} ({torch.get_num_threads()} threads), {args.dtype}",
+        "device": f"{device} ({torch.get_num_threads()} threads), {settings.dtype}",
         "time": ", ".join(f"{k} {v:.0f} s" + (f" ({done[k].computed} prompts computed, {done[k].skipped} resumed)"
                                                if k in done else "") for k, v in timings.items()),
     }
     files = write_report(comparison, out, run_info=run_info, extra_summary={
-        "command": {k: v for k, v in vars(args).items() if k != "run"},
+        "command": {k: v for k, v in vars(args).items() if k != "run" and not k.startswith("setting_")},
+        "interaction_settings": settings.to_dict(),
         "models": {**comparison.summary["models"],
                    **{label: {**comparison.summary["models"][label], "description": text}
                       for label, text in described.items()}},
@@ -350,18 +335,16 @@ def _ordered(by_id: dict, records) -> list:
     return [by_id[r.id] for r in records]
 
 
-def _run_sparse_compare(args, teacher, tokenizer, specs, labels, records, runs, out, described, device, dtype,
-                        baseline, memory_budget, progress, started) -> int:
+def _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, records, runs, out, described, device,
+                        dtype, progress, started) -> int:
     """--budget: teacher and students recovered sparsely on the same masks; report over the recovered terms."""
     import torch
 
     from ..models import load_model, student_from_teacher
     from .sparse_runs import run_sparse, sparse_report
 
-    options = dict(budget=args.budget, n_players=args.n, overwrite=args.overwrite, progress=progress,
-                   max_target_tokens=args.target_tokens, masking=args.masking, baseline=baseline,
-                   chat_template=args.chat_template, memory_budget=memory_budget, max_order=args.max_order,
-                   seed=args.seed, min_r2=args.min_r2)
+    options = dict(budget=settings.budget, n_players=settings.n_players, overwrite=args.overwrite, progress=progress,
+                   min_r2=args.min_r2, **settings.sparse_options())
     timings = {}
     t0 = time.perf_counter()
     teacher_results = run_sparse(teacher, tokenizer, records, runs / "teacher", **options)
@@ -380,12 +363,13 @@ def _run_sparse_compare(args, teacher, tokenizer, specs, labels, records, runs, 
         del model
         timings[label] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
-    run_info = {**described, "prompts": len(records), "players": args.n,
-                "budget": f"{args.budget} masks per model and prompt, {teacher_results[0].settings['held_out_masks']} "
-                          f"of them uniformly random held-out masks for R^2",
-                "masking": f"{args.masking}, baseline {args.baseline}" + (", chat template" if args.chat_template
-                                                                          else ""),
-                "device": f"{device} ({torch.get_num_threads()} threads), {args.dtype}",
+    run_info = {**described, "prompts": len(records), "players": settings.n_players,
+                "budget": f"{settings.budget} masks per model and prompt, "
+                          f"{teacher_results[0].settings['held_out_masks']} of them uniformly random held-out masks "
+                          f"for R^2",
+                "masking": f"{settings.masking}, baseline {settings.baseline}" +
+                           (", chat template" if settings.chat_template else ""),
+                "device": f"{device} ({torch.get_num_threads()} threads), {settings.dtype}",
                 "time": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())}
     report = sparse_report(teacher_results, students, records, out, args.top_k, run_info)
     print(f"report:  {report}")

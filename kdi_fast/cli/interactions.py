@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
-from ..engine.masking import BASELINES, MASKINGS
-
-_DTYPES = ("float32", "bfloat16", "float16", "float64")
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*")
+from ..engine.settings import InteractionSettings
+from ._common import add_common_arguments, quiet_transformers
 
 
 def register(subparsers) -> None:
@@ -34,41 +31,22 @@ def register(subparsers) -> None:
                         "line, or plain text with one prompt per line; 'builtin' (default) = 40 packaged prompts")
     p.add_argument("--out", default=None,
                    help="output directory (default runs/interactions/<model name>)")
-    p.add_argument("--n", "--n-players", dest="n", type=int, default=10,
-                   help="players per prompt when chosen automatically (default 10; under torchrun write "
-                        "--n-players, since torchrun takes --n for its own --nnodes/--nproc-per-node)")
     p.add_argument("--players", default="auto",
                    help="players of prompts whose data does not name them: 'auto' (default), word indices "
                         "'0,2,5', or groups joined by '+': '0+1,3,5+6'")
-    p.add_argument("--target-tokens", type=int, default=16,
-                   help="length L of the greedy target y* when a prompt has no \"target\" (default 16)")
-    p.add_argument("--masking", choices=tuple(MASKINGS), default="embedding",
-                   help="how absent players are masked (default embedding: baseline-embedding replacement)")
-    p.add_argument("--baseline", default="pad",
-                   help="what replaces a masked word: pad, unk, zeros, mean or a token id (default pad)")
-    p.add_argument("--chat-template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--like", default=None, metavar="DIR",
                    help="reuse y*, players and masks of an earlier run (e.g. the teacher's) for every prompt")
-    p.add_argument("--memory-budget", default=None,
-                   help="working memory for the masked batches, e.g. 2GB or 512MB (default: from the device)")
-    p.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
-    p.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (default float32)")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts of the data")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute every prompt even if OUT holds results (needed when the settings changed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common_arguments(p)
+    InteractionSettings.add_arguments(p)
     add_sparse_arguments(p)
     p.set_defaults(run=run)
 
 
 def add_sparse_arguments(p) -> None:
-    """--budget / --max-order / --min-r2: sparse recovery for long prompts (17 to 1,000 players)."""
-    p.add_argument("--budget", type=int, default=None,
-                   help="sparse recovery from BUDGET masked inputs (held-out masks for R^2 included) instead of "
-                        "all 2^n: for 17 to 1,000 players, e.g. --n 64 --budget 8000")
-    p.add_argument("--max-order", type=int, default=3, choices=(1, 2, 3),
-                   help="with --budget: the largest order of the recovered interactions (default 3)")
+    """--min-r2 for sparse recovery (--budget Q: 17 to 1,000 players; --budget and --max-order are settings)."""
     p.add_argument("--min-r2", type=float, default=0.5,
                    help="with --budget: warn when the held-out R^2 falls below this (default 0.5)")
 
@@ -87,28 +65,6 @@ def parse_players(spec: str | None) -> list | None:
     return [g[0] for g in groups] if "+" not in spec else groups
 
 
-def parse_size(text: str | None) -> int | None:
-    """'2GB' / '512MiB' / '1.5g' / '1000000' -> bytes (K, M, G, T are powers of 1024); None stays None."""
-    if text is None:
-        return None
-    match = _SIZE.fullmatch(str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"--memory-budget {text!r}: give a size like 2GB, 512MB or a number of bytes")
-    return int(float(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower()))
-
-
-def parse_baseline(text: str) -> str | int:
-    if text in BASELINES:
-        return text
-    try:
-        token_id = int(text)
-    except ValueError:
-        raise ValueError(f"--baseline {text!r}: use pad, unk, zeros, mean or a token id") from None
-    if token_id < 0:
-        raise ValueError(f"--baseline {text!r}: a token id must be >= 0")
-    return token_id
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -116,44 +72,36 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_prompts
     from .checks import check_model_dir, check_number, check_seed, parse_device
     from ..engine.runner import run_interactions
-    from ..models import DEFAULT_MODEL, load_model
+    from ..models import DEFAULT_MODEL, is_hub_id, load_model
 
     # Check everything cheap before loading a model.
-    for name, value, low in (("--n", args.n, 1), ("--target-tokens", args.target_tokens, 1),
-                             ("--limit", args.limit, 1)):
-        if value is not None and value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    check_seed("--seed", args.seed)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    settings = InteractionSettings.from_args(args)
+    check_seed("--seed", settings.seed)
     check_number("--min-r2", args.min_r2, high=1)  # a held-out R^2 is at most 1
     players = parse_players(args.players)
-    baseline = parse_baseline(args.baseline)
-    memory_budget = parse_size(args.memory_budget)
     records = load_prompts(args.data)
     is_default = str(args.model).lower() in (DEFAULT_MODEL, "default")
     check_model_dir("--model", args.model)
-    device = parse_device("--device", args.device)
-    model_name = DEFAULT_MODEL if is_default else str(Path(args.model).resolve())
+    device = parse_device("--device", settings.device)
+    hub_id = not is_default and is_hub_id(args.model)  # passed to from_pretrained as it is
+    model_name = DEFAULT_MODEL if is_default else args.model if hub_id else str(Path(args.model).resolve())
     out_dir = Path(args.out) if args.out else Path("runs") / "interactions" / (
-        DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
+        DEFAULT_MODEL if is_default else args.model.replace("/", "--") if hub_id else Path(args.model).resolve().name)
 
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    if args.budget is not None:
-        return _run_sparse(args, records, out_dir, players, baseline, memory_budget, device)
-    dist = _init_distributed(args.device)
+    quiet_transformers(args.quiet)
+    if settings.method == "sparse":
+        return _run_sparse(args, settings, records, out_dir, device)
+    dist = _init_distributed(settings.device)
     try:
         with output_lock(out_dir, command="kdi interactions"):  # before the model loads: fail fast
-            torch.manual_seed(args.seed)
+            torch.manual_seed(settings.seed)
             tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
-            model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+            model = load_model(args.model, dtype=getattr(torch, settings.dtype), device=device)
             summary = run_interactions(
-                model, tokenizer, records, out_dir, model_name=model_name, players=players, n_players=args.n,
-                max_target_tokens=args.target_tokens, masking=args.masking, baseline=baseline,
-                chat_template=args.chat_template, memory_budget=memory_budget, like_dir=args.like,
-                limit=args.limit, overwrite=args.overwrite, progress=not args.quiet,
-                extra_settings={"seed": args.seed})
+                model, tokenizer, records, out_dir, settings=settings, model_name=model_name, players=players,
+                like_dir=args.like, limit=args.limit, overwrite=args.overwrite, progress=not args.quiet)
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     finally:
         if dist is not None and dist.is_initialized():
@@ -167,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_sparse(args, records, out_dir: Path, players, baseline, memory_budget, device) -> int:
+def _run_sparse(args, settings, records, out_dir: Path, device) -> int:
     import torch
 
     from .._lock import output_lock
@@ -177,20 +125,18 @@ def _run_sparse(args, records, out_dir: Path, players, baseline, memory_budget, 
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--budget (sparse recovery) runs in one process; launch it without torchrun")
-    if args.budget < min_budget(args.n):
-        raise ValueError(f"--budget {args.budget} is too small for --n {args.n}: sparse recovery needs at least "
-                         f"{min_budget(args.n)} masks (held-out ones included)")
+    if settings.budget < min_budget(settings.n_players):
+        raise ValueError(f"--budget {settings.budget} is too small for --n {settings.n_players}: sparse recovery "
+                         f"needs at least {min_budget(settings.n_players)} masks (held-out ones included)")
     if args.limit is not None:
         records = records[:args.limit]
     with output_lock(out_dir, command="kdi interactions --budget"):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(settings.seed)
         tokenizer = load_tokenizer_arg(args.tokenizer, args.model)
-        model = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
-        results = run_sparse(model, tokenizer, records, out_dir, budget=args.budget, n_players=args.n,
+        model = load_model(args.model, dtype=getattr(torch, settings.dtype), device=device)
+        results = run_sparse(model, tokenizer, records, out_dir, budget=settings.budget, n_players=settings.n_players,
                              like_dir=Path(args.like) if args.like else None, overwrite=args.overwrite,
-                             progress=not args.quiet, max_target_tokens=args.target_tokens, masking=args.masking,
-                             baseline=baseline, chat_template=args.chat_template, memory_budget=memory_budget,
-                             max_order=args.max_order, seed=args.seed, min_r2=args.min_r2)
+                             progress=not args.quiet, min_r2=args.min_r2, **settings.sparse_options())
     print_sparse(results, records)
     print(f"results: {out_dir}/<id>.sparse.safetensors (kdi_fast.engine.SparseInteractionResult.load)")
     print(f"summary: {out_dir / 'summary.json'}")
@@ -203,11 +149,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 def load_tokenizer_arg(tokenizer_arg: str | None, model_arg: str, model_flag: str = "--model"):
     """The tokenizer of --tokenizer, else of the model directory; one-line errors naming the option to fix
     (transformers would otherwise build an empty tokenizer from a model config, or print a traceback)."""
-    from ..models import DEFAULT_MODEL, load_tokenizer
+    from ..models import DEFAULT_MODEL, is_hub_id, load_tokenizer
 
     source, flag = (tokenizer_arg, "--tokenizer") if tokenizer_arg else (model_arg, model_flag)
     path = Path(source)
-    if str(source).lower() not in (DEFAULT_MODEL, "default"):
+    if str(source).lower() not in (DEFAULT_MODEL, "default") and not is_hub_id(source):
         if not path.is_dir():
             raise ValueError(f"{flag} {source!r} is not a directory; pass --tokenizer DIR (a directory saved with "
                              f"tokenizer.save_pretrained)")

@@ -8,7 +8,8 @@ Files in the output directory:
   checkpoints/         Trainer's checkpoints (safetensors weights, optimizer/scheduler/RNG states loaded with
                        weights_only=True, JSON states); a checkpoint counts once its kdi_checkpoint.json is written,
                        others (a kill mid-save) are removed at the next start; removed at the end unless kept
-  train_log.jsonl      one line per step: step, loss, kd, cip, lr, source of the responses, SGO probability
+  train_log.jsonl      one line per step: step, loss, kd, cip, lr, source of the responses, SGO probability,
+                       seconds (wall time since the previous step ended)
   teacher_outputs.json SeqKD's cached teacher responses (or the path given as seqkd_cache)
   .kdi.lock            held while a run writes here (kdi_fast._lock)
 
@@ -122,6 +123,7 @@ def _save_student(trainer: DistillTrainer, final: Path) -> None:
     trainer.save_model(str(tmp))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of Trainer's arguments: nothing reads it
         os.chmod(tmp, 0o755)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
@@ -290,10 +292,15 @@ def _distill_locked(teacher, student, tokenizer, train_examples, out, config, me
                   batch_share=config.cip_batch_share, max_target_tokens=config.cip_max_target_tokens)
     args = _training_arguments(config, checkpoints, total, device.split(":")[0], progress)
     global_batch = config.batch_size * config.grad_accum * state.num_processes
-    trainer = DistillTrainer(model=student, teacher=teacher, config=config, args=args, tokenizer=tokenizer,
-                             train_items=train, total_positions=total * global_batch, pad_id=pad_id, eot_id=eot_id,
-                             validation_items=validation, cip=cip, teacher_logits_cache=teacher_logits_cache,
-                             log_path=log_path, stop_after=stop_after)
+    try:
+        trainer = DistillTrainer(model=student, teacher=teacher, config=config, args=args, tokenizer=tokenizer,
+                                 train_items=train, total_positions=total * global_batch, pad_id=pad_id,
+                                 eot_id=eot_id, validation_items=validation, cip=cip,
+                                 teacher_logits_cache=teacher_logits_cache, log_path=log_path, stop_after=stop_after)
+    except (ImportError, RuntimeError) as err:  # a tracker of --report-to that is not installed
+        if config.report_to == "none":
+            raise
+        raise ValueError(f"--report-to {config.report_to}: {str(err).splitlines()[0]}") from None
 
     def on_complete(folder: Path) -> None:
         write_json_atomic(folder / COMPLETE_MARKER, {"identity": identity, "step": trainer.state.global_step},

@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from .. import ops
-from .masking import Masking, MaskedSequence, check_masking, get_masking, input_embeddings
+from .masking import Masking, MaskedSequence, get_masking, input_embeddings
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
-from .memory import default_memory_budget, parse_memory
+from .memory import default_memory_budget
 from .result import InteractionResult
 from .scheduler import all_mask_logprobs
+from .settings import LIKE_FIELDS, InteractionSettings
 from .target import greedy_target, tokenize_target
-from .value import DEFAULT_EPS, values_from_logprobs
+from .value import values_from_logprobs
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -69,21 +70,33 @@ class _Job:
 
 @dataclass
 class _Options:
-    """The settings every prompt of a call shares."""
+    """What every prompt of a call shares: the settings, and what they resolve to for this model."""
 
+    settings: InteractionSettings
     masking: Masking
     baseline: object  # as masking.resolve() gives it: a vector [H], a token id or None
-    max_target_tokens: int
     budget: int
-    eps: float
-    path: str
-    max_batch_tokens: int | None
-    max_order: int | None
-    settings: dict  # recorded in every result
+    recorded: dict  # recorded in every result
 
     def order_for(self, n: int) -> int | None:
         """max_order, or None when it keeps every subset of n players."""
-        return None if self.max_order is None or self.max_order >= n else self.max_order
+        max_order = self.settings.max_order
+        return None if max_order is None or max_order >= n else max_order
+
+
+def settings_for_model(model: nn.Module, settings: InteractionSettings | None = None,
+                       **changes) -> InteractionSettings:
+    """The settings (with `changes`) as they apply to `model`: dtype is the model's (ValueError when the settings
+    name another one)."""
+    settings = InteractionSettings.create(settings, **changes)
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return settings
+    dtype = str(parameter.dtype).removeprefix("torch.")
+    if settings.dtype is not None and settings.dtype != dtype:
+        raise ValueError(f"dtype={settings.dtype!r} but the model is {dtype}; load the model in {settings.dtype} "
+                         f"(kdi_fast.models.load_model(..., dtype=)) or leave dtype out")
+    return settings.replace(dtype=dtype) if settings.dtype != dtype else settings
 
 
 def compute_interactions(
@@ -93,76 +106,55 @@ def compute_interactions(
     *,
     targets: list[str] | None = None,
     players: list | None = None,
-    n_players: int = 10,
-    max_target_tokens: int = 16,
-    masking: str = "embedding",
-    baseline: str | int = "pad",
-    chat_template: bool = False,
-    memory_budget: int | str | None = None,
-    progress: bool = True,
+    settings: InteractionSettings | None = None,
     like: list[InteractionResult] | None = None,
-    eps: float = DEFAULT_EPS,
-    path: str = "auto",
-    max_batch_tokens: int | None = None,
-    max_order: int | None = None,
-    method: str = "exact",
-    budget: int | None = None,
-    seed: int = 0,
+    progress: bool = True,
     min_r2: float | None = None,
     strict: bool = False,
+    **changes,
 ) -> list:
     """The interactions of `model` on each prompt: v(x_T) for all 2^n masked inputs and I_S = mobius(v).
 
     targets: the target text y* per prompt (None: the model's greedy continuation of the full prompt, up to
     max_target_tokens tokens). players: per prompt, a list of word indices or of groups of word indices (None, or
-    a None entry: the automatic choice of n_players, see kdi_fast.engine.players). masking / baseline: see
-    kdi_fast.engine.masking. chat_template: wrap each prompt as a user message of the tokenizer's chat template.
-    memory_budget: bytes (or "2GB") of working memory beyond the weights (default: from the device).
-    like: results of another model (e.g. the teacher) on the same prompts: their y*, players and masking are
-    reused, so the values compare mask by mask; the tokenizers must be the same.
-    eps: the clamp of p in v = log(p / (1 - p)). path: "auto" | "prefix_tree" | "flat" (see scheduler).
-    max_batch_tokens: at most this many token positions per decoder forward (default 2048 on CPU, 65536 on GPU;
-    the memory budget may lower it).
+    a None entry: the automatic choice of n_players, see kdi_fast.engine.players).
+    settings: an InteractionSettings (kdi_fast.engine.settings); any of its fields may also be given as a keyword
+    (n_players=, max_target_tokens=, masking=, baseline=, chat_template=, memory_budget=, eps=, path=,
+    max_batch_tokens=, max_order=, ...) and then replaces the one of `settings`. See InteractionSettings for
+    each; masking / baseline: kdi_fast.engine.masking; path: "auto" | "prefix_tree" | "flat" (see scheduler);
     max_order: opt-in: evaluate only the masks of at most max_order players (the subsets kdi_fast.subsets(n, k));
     the interactions of those subsets are still exact (I_S needs v on the subsets of S only). Allows more than
     16 players (at most 65,536 masks). The result then holds the compact layout (result.masks).
-    method: "exact" (all 2^n masks, or those of max_order) or "sparse": recover the sparse Harsanyi terms of
-    order <= max_order (default 3) of 17 to 1,000 players from budget=Q masked inputs, held-out R^2 included;
-    returns SparseInteractionResults (see kdi_fast.engine.sparse_compute): seed draws the masks, a held-out R^2 below
-    min_r2 (default 0.5) or a solver that did not converge warns (strict=True: raises).
+    like: results of another model (e.g. the teacher) on the same prompts: their y*, players and masking are
+    reused, so the values compare mask by mask; the tokenizers and the masking settings must be the same.
+    method="sparse" with budget=Q (settings): recover the sparse Harsanyi terms of order <= max_order (default 3)
+    of 17 to 1,000 players from Q masked inputs, held-out R^2 included; returns SparseInteractionResults (see
+    kdi_fast.engine.sparse_compute): seed draws the masks, a held-out R^2 below min_r2 (default 0.5) or a solver
+    that did not converge warns (strict=True: raises).
     """
-    if method == "sparse":
+    settings = settings_for_model(model, settings, **changes)
+    if settings.method == "sparse":
         from .sparse_compute import compute_sparse_interactions
 
         return compute_sparse_interactions(
-            model, tokenizer, prompts, budget=budget, targets=targets, players=players, n_players=n_players,
-            max_target_tokens=max_target_tokens, masking=masking, baseline=baseline, chat_template=chat_template,
-            memory_budget=memory_budget, progress=progress, like=like, eps=eps, path=path,
-            max_batch_tokens=max_batch_tokens, max_order=max_order, seed=seed, strict=strict,
-            **({"min_r2": min_r2} if min_r2 is not None else {}))
-    if method != "exact":
-        raise ValueError(f"method must be 'exact' or 'sparse', got {method!r}")
-    if budget is not None or min_r2 is not None or strict or seed:
-        raise ValueError("budget, seed, min_r2 and strict apply to method='sparse' only; pass method='sparse' with them")
-    _check_arguments(prompts, targets, players, like, masking, baseline, max_batch_tokens, max_order)
-    budget = parse_memory(memory_budget)
+            model, tokenizer, prompts, budget=settings.budget, targets=targets, players=players,
+            n_players=settings.n_players, progress=progress, like=like, strict=strict,
+            **settings.sparse_options(), **({"min_r2": min_r2} if min_r2 is not None else {}))
+    if min_r2 is not None or strict:
+        raise ValueError("min_r2 and strict apply to method='sparse' only; pass method='sparse' and budget= with them")
+    _check_arguments(prompts, targets, players, like)
     fingerprint = tokenizer_fingerprint(tokenizer)
     if like is not None:
-        _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order)
-    mode = check_masking(masking, baseline)
-    resolved = mode.resolve(model, tokenizer, baseline)  # fails here, before any prompt, for a bad baseline
-    jobs = [_prepare(model, tokenizer, i, prompts, targets, players, like, n_players, max_target_tokens, masking,
-                     chat_template, max_order) for i in range(len(prompts))]
+        _check_like(like, prompts, fingerprint, settings)
+    mode = get_masking(settings.masking)
+    resolved = mode.resolve(model, tokenizer, settings.baseline)  # fails here, before any prompt, when it is bad
+    jobs = [_prepare(model, tokenizer, i, prompts, targets, players, like, settings) for i in range(len(prompts))]
 
     parameter = next(model.parameters())
-    options = _Options(
-        masking=mode, baseline=resolved, max_target_tokens=max_target_tokens, eps=eps, path=path,
-        budget=budget if budget is not None else default_memory_budget(parameter.device),
-        max_batch_tokens=max_batch_tokens, max_order=max_order,
-        settings={"masking": masking, "baseline": baseline if mode.uses_baseline else None,
-                  "chat_template": bool(chat_template), "n_players": n_players,
-                  "max_target_tokens": max_target_tokens, "eps": eps, "tokenizer": fingerprint,
-                  "max_order": max_order, "dtype": str(parameter.dtype).removeprefix("torch.")})
+    budget = settings.memory_budget
+    options = _Options(settings=settings, masking=mode, baseline=resolved,
+                       budget=budget if budget is not None else default_memory_budget(parameter.device),
+                       recorded={**settings.results_dict(), "tokenizer": fingerprint})
 
     from tqdm.auto import tqdm
 
@@ -182,16 +174,11 @@ def compute_interactions(
     return results
 
 
-def _check_arguments(prompts, targets, players, like, masking, baseline, max_batch_tokens, max_order) -> None:
+def _check_arguments(prompts, targets, players, like) -> None:
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise TypeError("prompts must be a list of strings (wrap a single prompt in a list)")
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt")
-    check_masking(masking, baseline)
-    if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
-        raise ValueError(f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}")
-    if max_order is not None and (not isinstance(max_order, int) or isinstance(max_order, bool) or max_order < 1):
-        raise ValueError(f"max_order must be a positive int or None, got {max_order!r}")
     for name, value in (("targets", targets), ("players", players), ("like", like)):
         if value is not None and (isinstance(value, str) or len(value) != len(prompts)):
             raise ValueError(f"{name} must be a list with one entry per prompt ({len(prompts)}), got "
@@ -201,11 +188,10 @@ def _check_arguments(prompts, targets, players, like, masking, baseline, max_bat
                          "targets or players with it")
 
 
-def _prepare(model, tokenizer, i, prompts, targets, players, like, n_players, max_target_tokens, masking,
-             chat_template, max_order) -> _Job:
+def _prepare(model, tokenizer, i, prompts, targets, players, like, settings: InteractionSettings) -> _Job:
     """Check prompt i (words, players, target, context length) and say which prompt is wrong if it is."""
     try:
-        encoded = encode_prompt(tokenizer, prompts[i], chat_template=chat_template)
+        encoded = encode_prompt(tokenizer, prompts[i], chat_template=settings.chat_template)
         if like is not None:
             if list(encoded.words) != list(like[i].words):
                 raise ValueError("the prompt's words differ from those of the like= result")
@@ -215,10 +201,12 @@ def _prepare(model, tokenizer, i, prompts, targets, players, like, n_players, ma
             given = targets[i] if targets is not None else None
             target_ids = tokenize_target(tokenizer, given) if given is not None else None
             source = "given" if given is not None else "greedy"
-        chosen = resolve_players(encoded, spec, n_players, keep_last_token=get_masking(masking).hides_keys,
-                                 max_order=max_order)
+        chosen = resolve_players(encoded, spec, settings.n_players,
+                                 keep_last_token=get_masking(settings.masking).hides_keys,
+                                 max_order=settings.max_order)
         limit = context_length(model)
-        length = len(encoded.input_ids) + (len(target_ids) if target_ids is not None else max_target_tokens) - 1
+        length = len(encoded.input_ids) + (len(target_ids) if target_ids is not None else
+                                           settings.max_target_tokens) - 1
         if limit is not None and length > limit:
             raise ValueError(f"the prompt ({len(encoded.input_ids)} tokens) and its target together need {length} "
                              f"positions, more than the model's context of {limit}; shorten the prompt or the "
@@ -234,7 +222,7 @@ def _compute_one(model, tokenizer, job: _Job, options: _Options, advance) -> Int
     encoded, n = job.encoded, len(job.players)
     max_order = options.order_for(n)
     target_ids = job.target_ids if job.target_ids is not None else \
-        greedy_target(model, tokenizer, list(encoded.input_ids), options.max_target_tokens)
+        greedy_target(model, tokenizer, list(encoded.input_ids), options.settings.max_target_tokens)
     prompt_length = len(encoded.input_ids)
     owner = player_of_token(encoded, job.players) + [-1] * (len(target_ids) - 1)
     ids = torch.tensor(list(encoded.input_ids) + target_ids[:-1], dtype=torch.int64, device=device)
@@ -243,14 +231,15 @@ def _compute_one(model, tokenizer, job: _Job, options: _Options, advance) -> Int
                          masking=options.masking, baseline=options.baseline, embeds=embeds)
     prediction = list(range(prompt_length - 1, prompt_length - 1 + len(target_ids)))
     target = torch.tensor(target_ids, dtype=torch.int64, device=device)
-    logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=options.budget, path=options.path,
-                                        max_tokens=options.max_batch_tokens, max_order=max_order, advance=advance)
-    values = values_from_logprobs(logprobs, eps=options.eps)
+    logprobs, stats = all_mask_logprobs(model, seq, target, prediction, budget=options.budget,
+                                        path=options.settings.path, max_tokens=options.settings.max_batch_tokens,
+                                        max_order=max_order, advance=advance)
+    values = values_from_logprobs(logprobs, eps=options.settings.eps)
     return InteractionResult(
         prompt=encoded.prompt, words=list(encoded.words), players=job.players,
         player_texts=player_texts(encoded, job.players), target_text=tokenizer.decode(target_ids),
         target_ids=list(target_ids), values=values, interactions=ops.mobius(values, max_order=max_order),
-        model_name=model_name(model), settings={**options.settings, "target": job.target_source},
+        model_name=model_name(model), settings={**options.recorded, "target": job.target_source},
         player_tokens=[tuple(t for t, p in enumerate(owner) if p == i) for i in range(n)],
         input_ids=list(encoded.input_ids), max_order=max_order,
         stats={"path": stats.path, "forwards": stats.forwards, "token_forwards": stats.token_forwards,
@@ -259,7 +248,7 @@ def _compute_one(model, tokenizer, job: _Job, options: _Options, advance) -> Int
                **({"fallback": stats.fallback_reason} if stats.fallback_reason else {})})
 
 
-def _check_like(like, prompts, fingerprint, masking, baseline, chat_template, max_order) -> None:
+def _check_like(like, prompts, fingerprint, settings: InteractionSettings) -> None:
     for i, (result, prompt) in enumerate(zip(like, prompts)):
         if not isinstance(result, InteractionResult):
             raise TypeError(f"like[{i}] must be an InteractionResult, got {type(result).__name__}")
@@ -271,11 +260,8 @@ def _check_like(like, prompts, fingerprint, masking, baseline, chat_template, ma
             raise ValueError(f"the tokenizer differs from the one of the like= results (fingerprint {theirs} vs "
                              f"{fingerprint}): a teacher and a student compared mask by mask must share the "
                              f"tokenizer, so that y* and the players are the same tokens")
-        used = get_masking(masking).uses_baseline
-        wanted = {"masking": masking, "baseline": baseline if used else None,
-                  "chat_template": bool(chat_template), "max_order": max_order}
-        diffs = [f"{k}={result.settings.get(k)!r} there, {v!r} here" for k, v in wanted.items()
-                 if result.settings.get(k) != v]
+        diffs = settings.differences_from_record(result.settings, LIKE_FIELDS)
         if diffs:
-            raise ValueError(f"like[{i}] was computed with other settings ({'; '.join(diffs)}); pass the same "
-                             f"masking, baseline, chat_template and max_order so that the masks are the same")
+            listed = "; ".join(f"{k}={a!r} there, {b!r} here" for k, a, b in diffs)
+            raise ValueError(f"like[{i}] was computed with other settings ({listed}); pass the same "
+                             f"{', '.join(LIKE_FIELDS)} so that the masks and values are the same")

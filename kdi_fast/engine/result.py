@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .. import ops
 from .._io import atomic_write
+from .._extras import needs
 
 _FORMAT = "kdi_fast.InteractionResult/1"
 _JSON_FIELDS = ("prompt", "words", "players", "player_texts", "target_text", "model_name", "settings",
@@ -97,7 +98,8 @@ class InteractionResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to `path` (a safetensors file) atomically; returns the path."""
-        from safetensors.torch import save_file
+        with needs("models"):
+            from safetensors.torch import save_file
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,8 @@ class InteractionResult:
     @staticmethod
     def stored_checksum(path: str | os.PathLike) -> str | None:
         """The checksum recorded in a result file (its header only; not verified), or None."""
-        from safetensors import safe_open
+        with needs("models"):
+            from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("sha256")
@@ -121,7 +124,8 @@ class InteractionResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InteractionResult":
         """Read a result written by save(); ValueError when its checksum does not match (a damaged file)."""
-        from safetensors import safe_open
+        with needs("models"):
+            from safetensors import safe_open
 
         path = Path(path)
         with safe_open(str(path), framework="pt") as f:

@@ -35,6 +35,7 @@ from ..data import PromptRecord, records_digest
 
 if TYPE_CHECKING:
     from . import InteractionResult
+    from .settings import InteractionSettings
 
 __all__ = ["RunSummary", "run_interactions", "load_results", "result_path", "MANIFEST", "SUMMARY"]
 
@@ -68,29 +69,28 @@ def run_interactions(
     records: list[PromptRecord],
     out_dir: str | Path,
     *,
+    settings: InteractionSettings | None = None,
     model_name: str | None = None,
     players: list | None = None,
-    n_players: int = 10,
-    max_target_tokens: int = 16,
-    masking: str = "embedding",
-    baseline: str | int = "pad",
-    chat_template: bool = False,
-    memory_budget: int | None = None,
     like_dir: str | Path | None = None,
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    extra_settings: dict[str, Any] | None = None,
+    **changes: Any,
 ) -> RunSummary:
     """Compute the interactions of every record and write out_dir/<id>.safetensors per prompt.
 
+    settings: an InteractionSettings (fields may also be given as keywords, as for compute_interactions); the
+    manifest records them, and a restart with other settings names each one that differs.
     players: the players of records that do not name their own (word indices or groups; None = automatic).
     like_dir: the output directory of an earlier run (e.g. the teacher's): each prompt then reuses that run's
     y*, players and masks (compute_interactions(like=...)). limit: only the first `limit` records.
-    extra_settings: more settings recorded in (and checked against) the manifest, e.g. the seed.
     Returns a RunSummary; rank 0 also writes out_dir/summary.json. Under torch.distributed every rank must call it.
     """
     from . import compute_interactions  # late: the engine package may import this module
+    from .compute import settings_for_model
+
+    settings = settings_for_model(model, settings, **changes)
 
     if not records:
         raise ValueError("no prompts to run: the data set is empty")
@@ -102,9 +102,8 @@ def run_interactions(
     like_dir = Path(like_dir).resolve() if like_dir is not None else None
 
     with output_lock(out_dir, command="kdi interactions"):  # one run at a time in out_dir
-        manifest = _manifest(model, model_name, tokenizer, records, like_dir, dict(
-            players=players, n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
-            baseline=baseline, chat_template=chat_template, **(extra_settings or {})))
+        manifest = _manifest(model, model_name, tokenizer, records, like_dir,
+                             {**settings.results_dict(), "players": players})
         if like_dir is not None:
             missing = [r.id for r in selected if not result_path(like_dir, r.id).exists()]
             if missing:
@@ -136,9 +135,8 @@ def run_interactions(
                     skipped += 1
                 else:
                     t0 = time.perf_counter()
-                    result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir, dict(
-                        n_players=n_players, max_target_tokens=max_target_tokens, masking=masking,
-                        baseline=baseline, chat_template=chat_template, memory_budget=memory_budget))
+                    result = _compute_one(compute_interactions, model, tokenizer, record, players, like_dir,
+                                          settings)
                     result.identity = identities[record.id]
                     problem = _nonfinite(result)
                     if problem:  # never stored: a rerun computes it again
@@ -298,7 +296,8 @@ def _nonfinite(result: "InteractionResult") -> str | None:
             f"computed; check the model's weights (or use --dtype float32 if float16 overflows)")
 
 
-def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_dir: Path | None, kwargs: dict):
+def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_dir: Path | None,
+                 settings: InteractionSettings):
     from . import InteractionResult
 
     like = None
@@ -312,7 +311,7 @@ def _compute_one(compute, model, tokenizer, record: PromptRecord, players, like_
         results = compute(model, tokenizer, [record.prompt],
                           targets=None if record.target is None or like else [record.target],
                           players=None if record_players is None or like else [record_players],
-                          like=like, progress=False, **kwargs)
+                          like=like, progress=False, settings=settings)
     except (ValueError, TypeError) as err:  # bad input: say which prompt
         raise type(err)(f"prompt {record.id!r}: {err}") from err
     if len(results) != 1:
