@@ -48,7 +48,10 @@ def write_json_atomic(path: str | Path, obj, **dumps) -> Path:
 def read_safetensors(path: str | Path, fmt: str, what: str) -> tuple[dict, dict]:
     """(metadata, tensors) of a safetensors file written with metadata format=`fmt`; ValueError naming `what`
     the file should hold when its format is another."""
-    from safetensors import safe_open
+    from ._extras import needs
+
+    with needs("models"):
+        from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}

@@ -4,7 +4,8 @@ tiny models built from configs for tests, and students made from a teacher.
 The default model needs no network: its GGUF file (Q4_1, 98 MB) is read from the installed package,
 dequantised once, and cached as safetensors (about 20 s the first time, a few seconds after that) in
 $KDI_FAST_CACHE (default ~/.cache/kdi_fast). The cache directory is a plain Hugging Face model directory:
-it can be passed anywhere a model path is expected.
+it can be passed anywhere a model path is expected. load_tokenizer("smollm2") converts the tokenizer alone.
+Any other name is a local directory or a Hugging Face hub id ("org/name"), passed to from_pretrained.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import copy
 import importlib.util
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ._extras import needs
 
 DEFAULT_MODEL = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,7 +68,8 @@ def smollm2_dir() -> Path:
     final = cache_dir() / "smollm2-135m-instruct"
     if (final / "model.safetensors").exists() and (final / "tokenizer.json").exists():
         return final
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    with needs("models"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     source = _smollm2_package_dir()
 
@@ -82,15 +87,42 @@ def smollm2_dir() -> Path:
     return _atomic_save_dir(final, save)
 
 
-def _resolve(name_or_path: str | os.PathLike) -> Path:
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def is_hub_id(name_or_path: str | os.PathLike) -> bool:
+    """Whether `name_or_path` names a Hugging Face hub model ("org/name" or "name") rather than a local path:
+    it has that form and no such file or directory exists here."""
+    text = str(name_or_path)
+    return bool(_HUB_ID.fullmatch(text)) and ".." not in text and not Path(text).exists()
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path | str:
+    """A local directory, or a hub id (a str) for from_pretrained, which applies the user's cache and token."""
     if str(name_or_path).lower() in (DEFAULT_MODEL, _SMOLLM2_NAME.lower(), "default"):
         return smollm2_dir()
     path = Path(name_or_path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model {str(name_or_path)!r} is not a local directory; the Hugging Face hub is not reachable here. "
-            f"Pass a directory saved with save_pretrained, or {DEFAULT_MODEL!r} for SmolLM2-135M-Instruct")
-    return path
+    if path.exists():
+        return path
+    if is_hub_id(name_or_path):
+        return str(name_or_path)
+    raise FileNotFoundError(
+        f"model {str(name_or_path)!r} is neither a local directory nor a Hugging Face model id (org/name); pass a "
+        f"directory saved with save_pretrained, a hub id, or {DEFAULT_MODEL!r} for SmolLM2-135M-Instruct")
+
+
+def _from_pretrained(load, source: Path | str, what: str, **kwargs):
+    """load(source) with a one-line error for a hub id that cannot be fetched (offline, unknown or gated)."""
+    try:
+        return load(source, **kwargs)
+    except OSError as err:
+        if not isinstance(source, str):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(
+            f"cannot load the {what} of {source!r} from the Hugging Face hub or its cache ({reason}). Offline: "
+            f"download it once where the hub is reachable (huggingface-cli download {source}) or pass a local "
+            f"directory saved with save_pretrained instead of the id") from None
 
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -148,20 +180,42 @@ def _check_safetensors(file: Path) -> None:
                          f"model again")
 
 
-def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
-    """The tokenizer of a local model directory, or of SmolLM2-135M-Instruct for "smollm2"."""
-    from transformers import AutoTokenizer
+def smollm2_tokenizer_dir() -> Path:
+    """A directory holding only SmolLM2-135M-Instruct's tokenizer (read from the GGUF file's metadata, a few
+    seconds), unless the full model directory is already cached (then that one)."""
+    full = cache_dir() / "smollm2-135m-instruct"
+    if (full / "tokenizer.json").exists():
+        return full
+    final = cache_dir() / "smollm2-135m-instruct-tokenizer"
+    if (final / "tokenizer.json").exists():
+        return final
+    with needs("models"):
+        from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_resolve(name_or_path))
+    source = _smollm2_package_dir()
+    return _atomic_save_dir(final, lambda tmp: AutoTokenizer.from_pretrained(
+        source, gguf_file=_SMOLLM2_GGUF).save_pretrained(tmp))
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
+    """The tokenizer of a local model directory, a Hugging Face hub id, or SmolLM2-135M-Instruct for "smollm2"
+    (which converts and caches the tokenizer only, not the model)."""
+    with needs("models"):
+        from transformers import AutoTokenizer
+
+    if str(name_or_path).lower() in (DEFAULT_MODEL, _SMOLLM2_NAME.lower(), "default"):
+        return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+    return _from_pretrained(AutoTokenizer.from_pretrained, _resolve(name_or_path), "tokenizer")
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> nn.Module:
-    """A causal LM in eval mode from a local directory, or SmolLM2-135M-Instruct for "smollm2"."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM in eval mode from a local directory, a Hugging Face hub id (passed to from_pretrained: the
+    user's cache, HF_HUB_OFFLINE and token apply), or SmolLM2-135M-Instruct for "smollm2"."""
+    with needs("models"):
+        from transformers import AutoModelForCausalLM
 
-    path = _resolve(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, _resolve(name_or_path), "model", dtype=dtype)
     if str(name_or_path).lower() in (DEFAULT_MODEL, "default"):
         model.config.name_or_path = _SMOLLM2_NAME
     return model.to(device).eval()
@@ -173,7 +227,8 @@ def tiny_causal_lm(arch: str = "llama", *, vocab_size: int = 49152, hidden_size:
 
     Llama and Qwen2 use grouped-query attention (2 key/value heads), so that path is covered too.
     """
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+    with needs("models"):
+        from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     if arch == "gpt2":
@@ -249,7 +304,8 @@ def student_from_teacher(teacher: nn.Module, keep_layers: int | list[int]) -> nn
 def fresh_student(teacher: nn.Module, *, seed: int = 0, **config_overrides) -> nn.Module:
     """A student with the teacher's architecture and vocabulary but a smaller config and fresh weights,
     e.g. fresh_student(teacher, num_hidden_layers=4, hidden_size=256, intermediate_size=512)."""
-    from transformers import AutoModelForCausalLM
+    with needs("models"):
+        from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(teacher.config)
     for key, value in config_overrides.items():

@@ -41,11 +41,14 @@ def generate_outputs(model: nn.Module, tokenizer, prompts: Sequence[str], *, max
     keeping the texts by prompt (with the prompt tokens and max_new_tokens), reused on the next call.
     """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
 
+    from ._extras import needs
     from ._io import write_json_atomic
     from .engine.players import encode_prompt
     from .engine.target import end_token_ids
+
+    with needs("models"):
+        from transformers import GenerationConfig
 
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")

@@ -53,7 +53,7 @@ def test_fresh_student_config():
 
 
 def test_unknown_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a local directory"):
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor a Hugging Face model id"):
         models.load_model(tmp_path / "nope")
 
 
@@ -73,6 +73,47 @@ def test_smollm2_real_model_generates():
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_hub_ids_go_to_from_pretrained_with_the_users_cache(tmp_path, smollm_tokenizer):
+    """A model id is loaded by from_pretrained from the user's hub cache (offline here), in a fresh process so
+    that HF_HUB_CACHE and HF_HUB_OFFLINE are read as a user's environment sets them."""
+    import os
+    import subprocess
+    import sys
+
+    from kdi_fast.cli.checks import check_model_dir
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--someorg--tiny-lm"
+    snapshot = repo / "snapshots" / commit
+    models.tiny_causal_lm("llama", hidden_size=16, num_layers=1, seed=2).save_pretrained(snapshot)
+    smollm_tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    script = (
+        "from kdi_fast import models\n"
+        "m, t = models.load_model('someorg/tiny-lm'), models.load_tokenizer('someorg/tiny-lm')\n"
+        "print('LOADED', m.config.hidden_size, m.config.num_hidden_layers, len(t), m.training)\n"
+        "try:\n    models.load_model('someorg/not-cached')\nexcept OSError as e:\n    print('ERROR', e)\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED 16 1 49152 False" in out.stdout
+    error = [line for line in out.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(error) == 1 and "'someorg/not-cached'" in error[0] and "local directory" in error[0], out.stdout
+    check_model_dir("--model", "someorg/tiny-lm")  # the CLI lets ids through to from_pretrained
+    with pytest.raises(ValueError, match="hub id"):
+        check_model_dir("--model", str(tmp_path / "missing"))
+
+
+def test_smollm2_tokenizer_alone_writes_no_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDI_FAST_CACHE", str(tmp_path))
+    tokenizer = models.load_tokenizer("smollm2")
+    assert len(tokenizer) == 49152 and tokenizer.chat_template
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert "tokenizer.json" in files
+    assert not [f for f in files if f.endswith((".safetensors", ".bin")) or f == "config.json"], files
 
 
 def test_fresh_student_with_a_value_of_the_wrong_type_is_a_clear_error():

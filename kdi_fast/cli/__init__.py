@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # bad input: one line, no traceback
+    except (ValueError, TypeError, OSError, ImportError) as err:  # bad input (or a model id that cannot be
+        # fetched, a full disk): one line, no traceback
         print(f"kdi {args.command}: error: {err}", file=sys.stderr)
         return 2

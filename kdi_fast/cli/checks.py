@@ -73,15 +73,16 @@ def parse_device(flag: str, text: str | None):
 
 
 def check_model_dir(flag: str, spec: str | os.PathLike) -> None:
-    """A model argument: the default model's name passes; a directory must hold a readable config and whole
+    """A model argument: the default model's name and hub ids pass; a directory must hold a readable config and whole
     weight files (kdi_fast.models.check_model_dir); the error names the option."""
-    from ..models import DEFAULT_MODEL, check_model_dir as check
+    from ..models import DEFAULT_MODEL, check_model_dir as check, is_hub_id
 
-    if str(spec).lower() in (DEFAULT_MODEL, "default"):
-        return
+    if str(spec).lower() in (DEFAULT_MODEL, "default") or is_hub_id(spec):
+        return  # a hub id is checked by from_pretrained (its error says how to use a local directory)
     if not Path(spec).is_dir():
         raise ValueError(f"{flag} {str(spec)!r} is not a directory; give a Hugging Face model directory (saved "
-                         f"with save_pretrained) or '{DEFAULT_MODEL}' for SmolLM2-135M-Instruct")
+                         f"with save_pretrained), a hub id (org/name) or '{DEFAULT_MODEL}' for "
+                         f"SmolLM2-135M-Instruct")
     try:
         check(spec)
     except ValueError as err:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_prompts
     from .checks import check_model_dir, check_number, check_seed, parse_device
     from ..engine.runner import run_interactions
-    from ..models import DEFAULT_MODEL, load_model
+    from ..models import DEFAULT_MODEL, is_hub_id, load_model
 
     # Check everything cheap before loading a model.
     if args.limit is not None and args.limit < 1:
@@ -85,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
     is_default = str(args.model).lower() in (DEFAULT_MODEL, "default")
     check_model_dir("--model", args.model)
     device = parse_device("--device", settings.device)
-    model_name = DEFAULT_MODEL if is_default else str(Path(args.model).resolve())
+    hub_id = not is_default and is_hub_id(args.model)  # passed to from_pretrained as it is
+    model_name = DEFAULT_MODEL if is_default else args.model if hub_id else str(Path(args.model).resolve())
     out_dir = Path(args.out) if args.out else Path("runs") / "interactions" / (
-        DEFAULT_MODEL if is_default else Path(args.model).resolve().name)
+        DEFAULT_MODEL if is_default else args.model.replace("/", "--") if hub_id else Path(args.model).resolve().name)
 
     quiet_transformers(args.quiet)
     if settings.method == "sparse":
@@ -148,11 +149,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 def load_tokenizer_arg(tokenizer_arg: str | None, model_arg: str, model_flag: str = "--model"):
     """The tokenizer of --tokenizer, else of the model directory; one-line errors naming the option to fix
     (transformers would otherwise build an empty tokenizer from a model config, or print a traceback)."""
-    from ..models import DEFAULT_MODEL, load_tokenizer
+    from ..models import DEFAULT_MODEL, is_hub_id, load_tokenizer
 
     source, flag = (tokenizer_arg, "--tokenizer") if tokenizer_arg else (model_arg, model_flag)
     path = Path(source)
-    if str(source).lower() not in (DEFAULT_MODEL, "default"):
+    if str(source).lower() not in (DEFAULT_MODEL, "default") and not is_hub_id(source):
         if not path.is_dir():
             raise ValueError(f"{flag} {source!r} is not a directory; pass --tokenizer DIR (a directory saved with "
                              f"tokenizer.save_pretrained)")

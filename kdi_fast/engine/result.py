@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from .._extras import needs
 from .._io import atomic_write, read_safetensors
 
 _FORMAT = "kdi_fast.InteractionResult/1"
@@ -97,7 +98,8 @@ class InteractionResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to `path` (a safetensors file) atomically; returns the path."""
-        from safetensors.torch import save_file
+        with needs("models"):
+            from safetensors.torch import save_file
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,8 @@ class InteractionResult:
     @staticmethod
     def stored_checksum(path: str | os.PathLike) -> str | None:
         """The checksum recorded in a result file (its header only; not verified), or None."""
-        from safetensors import safe_open
+        with needs("models"):
+            from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("sha256")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._extras import needs
+
 
 def tokenize_target(tokenizer, text: str) -> list[int]:
     """The tokens of a given target text (no special tokens added); raises ValueError when there are none."""
@@ -39,7 +41,8 @@ def greedy_target(model: nn.Module, tokenizer, input_ids: list[int], max_new_tok
 
     Raises ValueError when the model ends the sequence at once (an empty target).
     """
-    from transformers import GenerationConfig
+    with needs("models"):
+        from transformers import GenerationConfig
 
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_target_tokens must be a positive int, got {max_new_tokens!r}")

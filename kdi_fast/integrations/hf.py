@@ -5,7 +5,10 @@ and logs it as `cip`, and CIPTrainer = the mixin on transformers.Trainer.
                          cip=CIP(m=3, weight=0.1, tokenizer=tokenizer))
     trainer.train()
 
-The batches need input_ids, attention_mask and labels (-100 on the prompt and padding), as for any causal LM.
+The batches need input_ids, attention_mask and labels (-100 on the prompt and padding), as for any causal LM, or
+prompt_ids/completion_ids (+ masks) as TRL's generating trainers pass them; any other batch raises a ValueError
+naming what it lacks (override cip_batch for other layouts, e.g. DPO's). In chat-formatted rows the players are the
+words of the user's messages, found from the tokenizer's chat template for every batch (kdi_fast.engine.chat).
 Details: the penalty is spent on training batches only (evaluation skips it); the partitions are seeded by the
 trainer's global step, so every micro-batch of an accumulated step and every DDP rank draws them the same way;
 the penalty is a per-micro-batch mean, divided by the accumulation steps exactly when the trainer itself does not
@@ -16,12 +19,13 @@ through its wrapper, so gradients are synchronised as usual. The logged `cip` is
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..losses.cip import CIP
+from ..losses.cip import CIP, IGNORE_INDEX
 
 _BATCH_KEYS = ("input_ids", "attention_mask", "labels", "player_mask")
 
@@ -38,13 +42,42 @@ class CIPTrainerMixin:
         super().__init__(*args, **kwargs)
         if cip is not None and not isinstance(cip, CIP):
             raise TypeError(f"cip must be a kdi_fast.losses.CIP module, got {type(cip).__name__}")
-        self.cip = cip if cip is not None else CIP(tokenizer=getattr(self, "processing_class", None))
+        tokenizer = getattr(self, "processing_class", None)
+        self.cip = cip if cip is not None else (CIP(tokenizer=tokenizer) if tokenizer is not None else CIP())
         self._cip_logged: list[torch.Tensor] = []
+
+    def cip_batch(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The batch CIP works on, from the trainer's inputs: input_ids, attention_mask and labels (Hugging Face
+        convention) as they are, or built from prompt_ids/completion_ids (+ masks) as TRL's generating trainers
+        pass them (labels = the completion tokens). Raises ValueError naming what the batch lacks; override it for
+        other layouts (README: DPO with CIP on the chosen responses)."""
+        if "input_ids" in inputs and "labels" in inputs:
+            batch = {k: inputs[k] for k in _BATCH_KEYS if k in inputs}
+            mask = batch.get("player_mask")
+            if mask is not None and tuple(mask.shape) != tuple(batch["input_ids"].shape):
+                warnings.warn("player_mask no longer fits input_ids (the trainer rebuilt the batch, e.g. by on-policy "
+                              "generation) and is left out: CIP finds the user's words from the chat template",
+                              UserWarning, stacklevel=3)
+                batch.pop("player_mask")
+            return batch
+        if all(k in inputs for k in ("prompt_ids", "completion_ids")):
+            prompt, completion = inputs["prompt_ids"], inputs["completion_ids"]
+            prompt_mask = inputs.get("prompt_mask", torch.ones_like(prompt))
+            completion_mask = inputs.get("completion_mask", torch.ones_like(completion))
+            labels = completion.masked_fill(completion_mask == 0, IGNORE_INDEX)
+            return {"input_ids": torch.cat([prompt, completion], 1),
+                    "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
+                    "labels": torch.cat([torch.full_like(prompt, IGNORE_INDEX), labels], 1)}
+        keys = ", ".join(sorted(map(str, inputs))) or "none"
+        lacks = "labels" if "input_ids" in inputs else "input_ids and labels (or prompt_ids and completion_ids)"
+        raise ValueError(f"{type(self).__name__}: CIP needs the batch's {lacks}, and this trainer's batch has "
+                         f"only {keys}; override cip_batch(inputs) to return input_ids, attention_mask and labels "
+                         f"(-100 off the response), as the README's DPO recipe does")
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
-        batch = {k: inputs[k] for k in _BATCH_KEYS if k in inputs}  # the parent may pop labels from inputs
-        use_cip = model.training and self.cip.weight != 0.0 and "labels" in batch
+        use_cip = model.training and self.cip.weight != 0.0
+        batch = self.cip_batch(inputs) if use_cip else None  # before the parent, which may pop labels
         if use_cip and self.cip_reuses_outputs:
             # the final hidden states let CIP reuse this forward cheaply (trainers that call the model with
             # explicit arguments ignore the key, and CIP then reads the logits)
@@ -57,7 +90,8 @@ class CIPTrainerMixin:
             loss, outputs = result if return_outputs else (result, None)
         if use_cip:
             reusable = getattr(outputs, "logits", None) is not None or getattr(outputs, "hidden_states", None)
-            reuse = outputs if self.cip_reuses_outputs and reusable else None
+            same_rows = batch["input_ids"] is inputs.get("input_ids")
+            reuse = outputs if self.cip_reuses_outputs and reusable and same_rows else None
             term = self.cip(model, batch, reuse, step=self.state.global_step)
             self._cip_logged.append(term.detach())
             if not self._trainer_divides_by_accumulation(num_items_in_batch):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,12 +38,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
+from ..engine import chat as _chat
 from ..engine import forward as _forward
 from ..engine import groups as _groups
 from ..engine.masking import check_masking
 
 IGNORE_INDEX = -100
 _MAX_EXACT_PLAYERS = 16
+_NOT_GIVEN = object()  # CIP(tokenizer=...) omitted: token players, with a warning (None: token players on purpose)
 
 
 @dataclass
@@ -51,7 +54,8 @@ class CIPRecord:
 
     index: the prompt's row in the batch; players: the word indices of each player (group);
     values v [2^k] and interactions I [2^k] (by subset bit mask; differentiable); complex_mask [2^k] bool:
-    the subsets penalised; penalty: mean |I| over them (0-dim, differentiable).
+    the subsets penalised; penalty: mean |I| over them (0-dim, differentiable); tokens: the token positions of
+    each player in the row (input_ids[index, tokens[i]] decodes to player i's words).
     """
 
     index: int
@@ -60,6 +64,7 @@ class CIPRecord:
     interactions: Tensor
     complex_mask: Tensor
     penalty: Tensor
+    tokens: list[list[int]]
 
 
 @dataclass
@@ -92,9 +97,20 @@ class CIP(nn.Module):
 
     def __init__(self, m: int = 3, *, order_threshold: float = 0.0, masking: str = "embedding",
                  baseline: str | int = "pad", weight: float = 1.0, batch_share: float = 1.0,
-                 exact_up_to: int | None = None, tokenizer=None, seed: int = 0,
+                 exact_up_to: int | None = None, tokenizer=_NOT_GIVEN, seed: int = 0,
                  max_target_tokens: int | None = None, eps: float = 1e-7):
         super().__init__()
+        _check_types(m=(m, int), order_threshold=(order_threshold, float), weight=(weight, float),
+                     batch_share=(batch_share, float), exact_up_to=(exact_up_to, (int, type(None))),
+                     seed=(seed, int), max_target_tokens=(max_target_tokens, (int, type(None))), eps=(eps, float))
+        if tokenizer is _NOT_GIVEN:
+            warnings.warn("CIP without a tokenizer makes every prompt token a word: sub-word pieces and chat-template "
+                          "tokens become players. Pass CIP(tokenizer=your_tokenizer), or tokenizer=None to mean "
+                          "token players", UserWarning, stacklevel=2)
+            tokenizer = None
+        elif tokenizer is not None and not hasattr(tokenizer, "convert_ids_to_tokens"):
+            raise TypeError(f"tokenizer must be a Hugging Face tokenizer (the student's), got "
+                            f"{type(tokenizer).__name__}")
         if not isinstance(m, int) or not 1 <= m <= _MAX_EXACT_PLAYERS:
             raise ValueError(f"m must be an int in [1, {_MAX_EXACT_PLAYERS}] (2^m masked forwards), got {m!r}")
         if not 0.0 <= order_threshold < 1.0:
@@ -145,9 +161,18 @@ class CIP(nn.Module):
         if step is None:
             step = self._calls
             self._calls += 1
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"CIP is called as cip(model, batch, outputs=None, step=...); model must be the student "
+                            f"(an nn.Module), got {type(model).__name__}")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step must be an int (the training step), got {type(step).__name__}")
         input_ids, attention_mask, labels, player_mask = _unpack(batch)
         plans = self._plans(input_ids, attention_mask, labels, player_mask, int(step))
         if not plans:
+            if not (labels[:math.ceil(self.batch_share * labels.shape[0])] != IGNORE_INDEX).any():
+                warnings.warn("CIP: no token of this batch is selected (every label is -100), so the penalty is 0; "
+                              "labels must hold the target token ids y* (-100 only on the prompt and padding)",
+                              UserWarning, stacklevel=3)
             return []
         logprobs = self._mean_target_logprobs(model, plans, input_ids, attention_mask, outputs)
         records = []
@@ -157,7 +182,8 @@ class CIP(nn.Module):
             inter = ops.mobius(values)
             mask = plan.complex_mask.to(inter.device)
             penalty = inter.abs()[mask].mean()
-            records.append(CIPRecord(plan.index, plan.players, values, inter, mask, penalty))
+            tokens = [(plan.player_of_token == p).nonzero().squeeze(-1).tolist() for p in range(plan.k)]
+            records.append(CIPRecord(plan.index, plan.players, values, inter, mask, penalty, tokens))
         return records
 
     # ------------------------------------------------------------------------------------------------------
@@ -168,6 +194,9 @@ class CIP(nn.Module):
                step: int) -> list[_Plan]:
         batch_size = input_ids.shape[0]
         chosen = math.ceil(self.batch_share * batch_size)
+        # chat-formatted rows: only the content of user messages may be players (recomputed for every batch, so
+        # batches a trainer rebuilds, e.g. by on-policy generation, are covered)
+        user = _chat.user_content_mask(input_ids[:chosen].cpu(), self.tokenizer)
         plans = []
         for b in range(chosen):
             valid = attention_mask[b].bool()
@@ -181,6 +210,8 @@ class CIP(nn.Module):
             prompt[positions[0]:] = False
             if player_mask is not None:
                 prompt &= player_mask[b].bool()
+            if user is not None:
+                prompt &= user[b].to(prompt.device)
             word_of_token = _groups.word_ids(input_ids[b], self.tokenizer, player_mask=prompt)
             if self._mode.hides_keys:  # the last prompt token predicts y*_1: its word stays visible
                 last = int(word_of_token[positions[0] - 1])
@@ -276,6 +307,18 @@ class CIP(nn.Module):
         return [torch.cat([values, full[j].to(values.dtype)[None]]) for j, values in enumerate(out)]
 
 
+def _check_types(**named) -> None:
+    """named: option -> (value, type or types); a TypeError naming the option (ints pass as floats, bools never)."""
+    for name, (value, types) in named.items():
+        types = types if isinstance(types, tuple) else (types,)
+        if float in types:
+            types = (*types, int)
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = " or ".join("None" if t is type(None) else t.__name__ for t in types if t is not int or
+                               float not in types)
+            raise TypeError(f"CIP option {name} must be {want}, got {value!r} ({type(value).__name__})")
+
+
 def _final_hidden_states(outputs) -> Tensor | None:
     """The caller's final hidden states [B, T, H] (outputs.hidden_states[-1]), when it asked for them."""
     states = getattr(outputs, "hidden_states", None)
@@ -313,14 +356,33 @@ def _last_hidden_state(model: nn.Module, inputs: dict[str, Tensor], attention_ma
 
 
 def _unpack(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    if "input_ids" not in batch or "labels" not in batch:
-        raise ValueError("CIP needs a batch with input_ids and labels (labels = -100 on the prompt and padding, "
-                         "the target token ids y* elsewhere, as Hugging Face's causal LMs take them)")
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"batch must be a dict of tensors (input_ids, attention_mask, labels), got "
+                        f"{type(batch).__name__}")
+    missing = [k for k in ("input_ids", "labels") if k not in batch]
+    if missing:
+        raise ValueError(f"CIP needs a batch with input_ids and labels (labels = -100 on the prompt and padding, the "
+                         f"target token ids y* elsewhere, as Hugging Face's causal LMs take them); this batch has no "
+                         f"{' and no '.join(missing)} (its keys: {', '.join(map(str, batch)) or 'none'})")
     input_ids, labels = batch["input_ids"], batch["labels"]
+    if not isinstance(input_ids, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError(f"input_ids and labels must be tensors [batch, seq], got {type(input_ids).__name__} and "
+                        f"{type(labels).__name__}")
     if input_ids.dim() != 2 or labels.shape != input_ids.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and labels {tuple(labels.shape)} must both be "
                          f"[batch, seq]")
+    labelled = labels != IGNORE_INDEX
+    if (labelled & (labels != input_ids)).any():
+        shifted = bool((labels[:, :-1] == input_ids[:, 1:])[labelled[:, :-1]].all()) and labelled[:, :-1].any()
+        hint = " They look shifted (labels[t] = input_ids[t + 1]); pass the unshifted labels." if shifted else ""
+        raise ValueError("CIP takes Hugging Face labels: labels[t] = input_ids[t] at the target tokens y*, -100 "
+                         f"elsewhere; here some labelled positions hold another token.{hint}")
     attention_mask = batch.get("attention_mask")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    return input_ids, attention_mask, labels, batch.get("player_mask")
+    player_mask = batch.get("player_mask")
+    if player_mask is not None and tuple(player_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"player_mask {tuple(player_mask.shape)} does not fit input_ids {tuple(input_ids.shape)} (a "
+                         f"trainer rebuilt the batch, e.g. by on-policy generation); leave player_mask out: CIP "
+                         f"finds the user's words from the tokenizer's chat template")
+    return input_ids, attention_mask, labels, player_mask

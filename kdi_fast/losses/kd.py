@@ -39,6 +39,7 @@ beyond one chunk of that size is ever held besides the inputs and their gradient
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -137,6 +138,25 @@ def _l2_squared(s: Tensor, t: Tensor) -> Tensor:
 
 def _l2(s: Tensor, t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t.exp() - s.exp(), dim=-1)
+
+
+_PARAMETERS = {"jsd": ("beta",), "skew_forward_kl": ("alpha",), "skew_reverse_kl": ("alpha",), "ab": ("alpha", "beta")}
+"""The divergences that read alpha / beta (every other one ignores them)."""
+
+
+def _check_options(divergence: str, alpha, beta, **numbers) -> None:
+    """Types of the numeric options (a TypeError naming the option), and a warning for an alpha or beta that
+    `divergence` ignores."""
+    if not isinstance(divergence, str):
+        raise TypeError(f"divergence must be a name (str), one of {', '.join(DIVERGENCES)}; got {divergence!r}")
+    for name, value in dict(numbers, alpha=alpha, beta=beta).items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if value is not None and divergence in DIVERGENCES and name not in _PARAMETERS.get(divergence, ()):
+            users = [d for d, names in _PARAMETERS.items() if name in names]
+            warnings.warn(f"{name}={value} is ignored by divergence={divergence!r}; only {', '.join(users)} use "
+                          f"{name}", UserWarning, stacklevel=3)
 
 
 def _per_token_fn(divergence: str, alpha: float | None, beta: float | None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -335,14 +355,15 @@ def _positions(labels: Tensor | None, shape: torch.Size, shift_labels: bool, dev
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor | None = None, *,
             divergence: str = "forward_kl", temperature: float = 1.0, t2_scaling: bool = False,
             alpha: float | None = None, beta: float | None = None, noise_std: float = 0.0,
-            generator: torch.Generator | None = None, shift_labels: bool = False, shared_vocab: bool = False,
-            chunk_size: int | None = None, invalid_teacher: str = "raise") -> KDLossOutput:
+            generator: torch.Generator | None = None, shift_labels: bool | None = None,
+            shared_vocab: bool = False, chunk_size: int | None = None, invalid_teacher: str = "raise") -> KDLossOutput:
     """The KD loss summed over the selected tokens, and their count (see the module docstring for the formulas).
 
     student_logits [..., V_s], teacher_logits [..., V_t] (same leading shape; None only for cross_entropy);
     labels [...] int (tokens with labels == -100 are skipped; None: all tokens). labels[..., t] is the token
     that logits[..., t] predict; pass shift_labels=True for Hugging Face labels (= input ids, shifted inside
-    the model). alpha: skew of skew_*_kl (default 0.1) or alpha of `ab`; beta: of `jsd` (default 0.5) or `ab`.
+    the model); left unset (None) it means False, with a warning when the last position holds a label (which
+    Hugging Face labels do and shifted ones cannot). alpha: skew of skew_*_kl (default 0.1) or alpha of `ab`; beta: of `jsd` (default 0.5) or `ab`.
     noise_std: std of Gaussian noise added to the teacher's logits (drawn per chunk from a seed taken from
     `generator`, or from torch's global generator). chunk_size: tokens per chunk (default: about 16M logits).
     invalid_teacher: "raise" (default) on a token whose teacher logits hold NaN or +inf (or are all -inf), or
@@ -351,6 +372,16 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tenso
     """
     if not isinstance(student_logits, Tensor) or student_logits.dim() < 1:
         raise TypeError("student_logits must be a tensor [..., vocab]")
+    if labels is not None and not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a tensor of token ids [...] (or None), got {type(labels).__name__}")
+    _check_options(divergence, alpha, beta, temperature=temperature, noise_std=noise_std)
+    if shift_labels is None:
+        shift_labels = False
+        if labels is not None and labels.dim() >= 1 and labels.shape[-1] > 1 and \
+                bool((labels[..., -1] != IGNORE_INDEX).any()):
+            warnings.warn("kd_loss: the last position holds a label, as Hugging Face labels (= input ids) do; pass "
+                          "shift_labels=True for those, or shift_labels=False if labels[t] already is the token "
+                          "logits[t] predict", UserWarning, stacklevel=2)
     fn = None if divergence == "cross_entropy" else _per_token_fn(divergence, alpha, beta)
     if fn is None:
         if labels is None:
@@ -375,6 +406,10 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tenso
         raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
     lead = student_logits.shape[:-1]
     rows, targets = _positions(labels, lead, shift_labels, student_logits.device)
+    if labels is not None and labels.numel() and rows.numel() == 0:
+        warnings.warn("kd_loss: no token is selected (every label is -100), so the loss is 0 and trains nothing; "
+                      "labels must hold the target token ids (-100 only where nothing is learned)", UserWarning,
+                      stacklevel=2)
     if fn is None and targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
         raise ValueError(f"labels must be token ids in [0, {vocab}) or -100, got values in "
                          f"[{int(targets.min())}, {int(targets.max())}]")
@@ -403,9 +438,10 @@ class KDLoss(nn.Module):
 
     def __init__(self, divergence: str = "forward_kl", *, temperature: float = 1.0, t2_scaling: bool = False,
                  alpha: float | None = None, beta: float | None = None, noise_std: float = 0.0,
-                 generator: torch.Generator | None = None, shift_labels: bool = False, shared_vocab: bool = False,
-                 chunk_size: int | None = None, invalid_teacher: str = "raise"):
+                 generator: torch.Generator | None = None, shift_labels: bool | None = None,
+                 shared_vocab: bool = False, chunk_size: int | None = None, invalid_teacher: str = "raise"):
         super().__init__()
+        _check_options(divergence, alpha, beta, temperature=temperature, noise_std=noise_std)
         if divergence != "cross_entropy":
             _per_token_fn(divergence, alpha, beta)  # fail at construction, not at the first step
         self.divergence = divergence

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._extras import needs
+
 __all__ = ["MeanCI", "mean_ci", "Correlation", "spearman", "spearman_table"]
 
 _NAN_POLICIES = ("propagate", "omit", "raise")
@@ -57,7 +59,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95, *, nan_policy: st
 
     n = 1 gives the mean with a NaN interval; n = 0 gives NaN throughout.
     """
-    from scipy import stats
+    with needs("metrics"):
+        from scipy import stats
 
     _check_policy(nan_policy)
     if not 0 < confidence < 1:
@@ -104,7 +107,8 @@ def spearman(
     rho and p are NaN when either measure is constant (no ranking) or fewer than 3 pairs remain (no p-value).
     The p-value uses scipy's t approximation, rough for small n (under about 10 pairs).
     """
-    from scipy import stats
+    with needs("metrics"):
+        from scipy import stats
 
     _check_policy(nan_policy)
     a, b = _as_array(x, "x"), _as_array(y, "y")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable, Sequence
 
+from .._extras import needs
+
 __all__ = [
     "last_number",
     "first_word",
@@ -98,7 +100,8 @@ def agreement(
 
 def fidelity(teacher_texts: Sequence[str], student_texts: Sequence[str]) -> float:
     """Reasoning fidelity: corpus BLEU (sacrebleu, 0..100) of the student outputs against the teacher's."""
-    import sacrebleu
+    with needs("metrics"):
+        import sacrebleu
 
     _check_pair(teacher_texts, student_texts)
     if not teacher_texts:
@@ -108,7 +111,8 @@ def fidelity(teacher_texts: Sequence[str], student_texts: Sequence[str]) -> floa
 
 def fidelity_per_example(teacher_texts: Sequence[str], student_texts: Sequence[str]) -> list[float]:
     """Sentence BLEU (sacrebleu, 0..100, its default smoothing) of each student output against the teacher's."""
-    import sacrebleu
+    with needs("metrics"):
+        import sacrebleu
 
     _check_pair(teacher_texts, student_texts)
     return [float(sacrebleu.sentence_bleu(s, [t]).score) for t, s in zip(teacher_texts, student_texts)]
@@ -116,7 +120,8 @@ def fidelity_per_example(teacher_texts: Sequence[str], student_texts: Sequence[s
 
 def rouge_l_per_example(references: Sequence[str], predictions: Sequence[str]) -> list[float]:
     """ROUGE-L F-measure (rouge-score, with stemming) of each prediction against its reference, times 100."""
-    from rouge_score import rouge_scorer
+    with needs("metrics"):
+        from rouge_score import rouge_scorer
 
     _check_pair(references, predictions)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)

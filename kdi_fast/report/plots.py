@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import needs
 from ..metrics.comparison import Comparison, overlap_column
 from ..metrics.interaction import normalise, top_interactions
 from .._io import atomic_write
@@ -27,10 +28,12 @@ _STUDENT_COLORS = ("#d1495b", "#2e86ab", "#edae49", "#66a182", "#8d6a9f", "#0079
 
 
 def _pyplot():
-    import matplotlib
+    with needs("metrics"):
+        import matplotlib
 
     matplotlib.use("Agg", force=False)  # headless; keeps a backend the caller chose already
-    import matplotlib.pyplot as plt
+    with needs("metrics"):
+        import matplotlib.pyplot as plt
 
     plt.rcParams.update({
         "figure.dpi": 110, "savefig.dpi": 110, "font.size": 9.5, "axes.titlesize": 10.5,
@@ -50,7 +53,8 @@ def model_colors(comparison: Comparison) -> dict[str, str]:
 
 def _save(fig, path: str | Path) -> Path:
     """Write the figure as a PNG atomically (never a half-written file), then close it."""
-    import matplotlib.pyplot as plt
+    with needs("metrics"):
+        import matplotlib.pyplot as plt
 
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
@@ -136,7 +140,8 @@ def plot_by_order(comparison: Comparison, path: str | Path) -> Path:
 
 def _plain_formatter(minor: bool = False):
     """Log-axis tick labels as plain decimals (0.02, 0.05, 0.1), minor ticks labelled only at 2 and 5."""
-    from matplotlib.ticker import FuncFormatter
+    with needs("metrics"):
+        from matplotlib.ticker import FuncFormatter
 
     def label(y, _pos):
         if y <= 0:
@@ -224,7 +229,8 @@ def _label(names: list[str], mask: int, width: int = 34) -> str:
 def plot_top_interactions(comparison: Comparison, path: str | Path, *, prompts: int = 3, top: int = 6) -> Path:
     """The `top` strongest interactions (by |I_S|, words shown) of each model on the first `prompts` prompts:
     one row per prompt (titled with the prompt), one panel per model; negative effects in a lighter shade."""
-    from matplotlib.colors import to_rgba
+    with needs("metrics"):
+        from matplotlib.colors import to_rgba
 
     plt = _pyplot()
     colors = model_colors(comparison)
