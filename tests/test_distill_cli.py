@@ -290,7 +290,7 @@ def test_cli_trainer_options(teacher_dir, data_file, tmp_path, capsys):
     state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [1, 2, 3]
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [1, 2, 3]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(e["seconds"] > 0 for e in log)
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["grad_accum"] == 2 and config["precision"] == "bf16" and config["gradient_checkpointing"]
     assert not (out / "student" / "training_args.bin").exists()  # no pickle among the outputs

@@ -58,3 +58,18 @@ def test_no_unused_runtime_dependency():
     for name in names:
         assert re.search(rf"^\s*(import|from) {name}\b", source, re.M), f"{name} is required but never imported"
     assert torch  # the first of them
+
+
+def test_the_cli_builds_without_the_model_extras():
+    """`kdi --help` and every subcommand's parser work in an install without transformers/TRL/accelerate
+    (the wheel test's fresh venv has only torch): heavy modules are imported when a command runs."""
+    code = ("import sys\n"
+            "for m in ('transformers', 'trl', 'accelerate', 'datasets', 'peft'):\n"
+            "    sys.modules[m] = None\n"
+            "from kdi_fast.cli import build_parser\n"
+            "build_parser().parse_args(['distill', '--out', 'x'])\n"
+            "import kdi_fast.distill\n"
+            "print(sorted(kdi_fast.distill.METHODS))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "'kd'" in out.stdout

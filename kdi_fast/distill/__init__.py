@@ -7,12 +7,23 @@ agreement, fidelity, interactions of teacher / student before / after).
     run = distill(teacher, student, tokenizer, load_examples("instruct:200"), "runs/kd", DistillConfig("kd", steps=50))
 """
 
-from .config import DistillConfig
-from .datasets import Example, INSTRUCT_TASKS, answer_extractor, load_examples
-from .methods import METHODS, Method, get_method
-from .run import DistillRun, distill
-from .students import build_student, parse_recipe
-from .trainer import DistillTrainer, RunInterrupted
+import importlib
+
+# Where each public name lives. Imported on first use, so that `kdi --help` and the other subcommands work
+# without transformers (the Trainer-based modules need it; the method table does not).
+_EXPORTS = {
+    "DistillConfig": "config", "Example": "datasets", "INSTRUCT_TASKS": "datasets", "answer_extractor": "datasets",
+    "load_examples": "datasets", "METHODS": "methods", "Method": "methods", "get_method": "methods",
+    "DistillRun": "run", "distill": "run", "build_student": "students", "parse_recipe": "students",
+    "DistillTrainer": "trainer", "RunInterrupted": "trainer",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
 
 __all__ = ["DistillConfig", "DistillRun", "DistillTrainer", "Example", "INSTRUCT_TASKS", "METHODS", "Method",
            "RunInterrupted", "answer_extractor", "build_student", "distill", "get_method", "load_examples",

@@ -51,11 +51,10 @@ def generate_responses(model, prompts: Sequence[Sequence[int]], *, pad_id: int, 
 
 
 def _cache_key(model, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> str:
+    from .identity import model_digest
+
     digest = hashlib.sha256()
-    digest.update(str(getattr(model.config, "name_or_path", "")).encode())
-    for name, tensor in sorted(model.state_dict().items())[:4]:  # cheap fingerprint of the weights
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().flatten()[:64].cpu().numpy().tobytes())
+    digest.update(model_digest(model).encode())  # every weight: another teacher is another key
     digest.update(json.dumps([list(p) for p in prompts]).encode())
     digest.update(str(max_new_tokens).encode())
     return digest.hexdigest()
@@ -66,7 +65,7 @@ def cached_teacher_responses(teacher, prompts: Sequence[Sequence[int]], path: st
                              ) -> tuple[list[tuple[int, ...]], bool]:
     """The teacher's greedy responses to `prompts`, generated once and kept in `path` (JSON, written atomically).
 
-    The file records a key made of the teacher's name and a fingerprint of its weights, the prompts and
+    The file records a key made of the digest of the teacher's weights, the prompts and
     max_new_tokens; a file with another key is regenerated. Returns (responses, reused_from_cache).
     """
     path = Path(path)
@@ -74,7 +73,10 @@ def cached_teacher_responses(teacher, prompts: Sequence[Sequence[int]], path: st
     if path.is_file():
         try:
             stored = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            import warnings
+
+            warnings.warn(f"{path} is damaged: the teacher's responses are generated again", stacklevel=2)
             stored = {}
         if stored.get("key") == key:
             return [tuple(r) for r in stored["responses"]], True

@@ -8,7 +8,8 @@ Files in the output directory:
   checkpoints/         Trainer's checkpoints (safetensors weights, optimizer/scheduler/RNG states loaded with
                        weights_only=True, JSON states); a checkpoint counts once its kdi_checkpoint.json is written,
                        others (a kill mid-save) are removed at the next start; removed at the end unless kept
-  train_log.jsonl      one line per step: step, loss, kd, cip, lr, source of the responses, SGO probability
+  train_log.jsonl      one line per step: step, loss, kd, cip, lr, source of the responses, SGO probability,
+                       seconds (wall time since the previous step ended)
   teacher_outputs.json SeqKD's cached teacher responses (or the path given as seqkd_cache)
   .kdi.lock            held while a run writes here (kdi_fast._lock)
 

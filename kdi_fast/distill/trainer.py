@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,9 +99,15 @@ class _StepCallback(TrainerCallback):
 
     def __init__(self, trainer: "DistillTrainer", log_path: Path | None, stop_after: int | None):
         self.trainer, self.log_path, self.stop_after, self.done = trainer, log_path, stop_after, 0
+        self.last = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         entry = self.trainer._finish_step_record()
+        now = time.perf_counter()
+        entry["seconds"], self.last = round(now - self.last, 6), now  # since the previous step ended
         if self.log_path is not None and self.trainer.is_world_process_zero():
             with open(self.log_path, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")

@@ -1,0 +1,242 @@
+"""Sparse interactions of long prompts: kdi_fast vs shapiq's SPEX and ProxySPEX on the same value function.
+
+    python benchmarks/bench_sparse.py                       # the CPU grid quoted in README (see --help)
+    python benchmarks/bench_sparse.py --layers 30 --grid 16:1000,16:4000,32:1000,32:4000,64:1000,64:4000,128:4000
+                                                            # the full grid, for a GPU
+
+Same model (SmolLM2-135M-Instruct, or its first-and-last-kept student of --layers layers), same prompt (a
+reasoning-gym gsm_symbolic problem with at least n words), same players, masking (embedding, pad baseline), y*
+(the model's greedy continuation, --target-tokens) and v for every method; every v(x_T) any method asks for is
+computed by kdi_fast's engine (engine.values, the mask trie). shapiq 1.8 runs in its own Python 3.12 virtual
+environment (--shapiq-python) and gets its values through files (shapiq_side.py).
+
+Per (n, budget): kdi_fast's sparse recovery (method="sparse": its budget includes its own held-out masks), SPEX
+and ProxySPEX (index FBII, max_order = n; their internal Moebius coefficients are used) at the same budget of
+masks. Reported: R^2 of each reconstruction on the same --test uniformly random masks (not in any budget),
+kdi_fast's own held-out R^2, Overlap@K (K = --top-k) of the recovered top interactions with the exact ones
+where n <= --exact-max (the exact engine on all 2^n masks), masks evaluated, wall time (method + values), and
+the speed of kdi_fast's masks through the trie against the same masks as independent full forwards (the flat
+path, timed on --flat-sample of them and scaled linearly: independent forwards cost the same per mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, results_dir, write_text_atomic  # noqa: E402
+
+DEFAULT_SHAPIQ = "/work/wt/shapiq-venv/bin/python"
+
+
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    try:
+        grid = [tuple(int(x) for x in part.split(":")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"--grid {text!r}: give n:budget pairs, e.g. 16:1000,32:1000") from None
+    return grid
+
+
+def moebius_predict(terms: list[tuple[tuple[int, ...], float]], masks: torch.Tensor) -> np.ndarray:
+    """sum_{S subset of T} m_S for masks [M, n] bool, any order."""
+    x = masks.numpy()
+    out = np.zeros(x.shape[0])
+    for subset, value in terms:
+        out += value * (np.all(x[:, list(subset)], axis=1) if subset else 1.0)
+    return out
+
+
+def r2(truth, predicted) -> float:
+    truth, predicted = np.asarray(truth, dtype=float), np.asarray(predicted, dtype=float)
+    return float(1 - ((truth - predicted) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
+
+
+def top_k(terms, k: int) -> set:
+    ranked = sorted(((s, v) for s, v in terms if len(s) > 0), key=lambda t: (-abs(t[1]), len(t[0]), t[0]))
+    return {tuple(s) for s, _ in ranked[:k]}
+
+
+def run_shapiq(method: str, function, n: int, budget: int, seed: int, python: str) -> dict:
+    """shapiq's `method` in its own process; every game call answered with kdi_fast's engine."""
+    exchange = Path(tempfile.mkdtemp(prefix=f"kdi-{method}-"))
+    value_seconds, answered = 0.0, 0
+    started = time.perf_counter()
+    process = subprocess.Popen([python, str(Path(__file__).resolve().parent / "shapiq_side.py"), "--method", method,
+                                "--n", str(n), "--budget", str(budget), "--seed", str(seed), "--dir", str(exchange)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while True:
+            request = exchange / f"req_{answered}.npy"
+            if request.exists():
+                masks = torch.from_numpy(np.load(request))
+                t0 = time.perf_counter()
+                values = function(masks).numpy()
+                value_seconds += time.perf_counter() - t0
+                np.save(exchange / f"resp_{answered}.tmp.npy", values)
+                (exchange / f"resp_{answered}.tmp.npy").rename(exchange / f"resp_{answered}.npy")
+                answered += 1
+                continue
+            if process.poll() is not None:
+                break
+            time.sleep(0.02)
+        _, err = process.communicate()
+        result_file = exchange / "result.json"
+        result = json.loads(result_file.read_text()) if result_file.exists() else {"error": err[-2000:]}
+        if process.returncode != 0 and "error" not in result:
+            result["error"] = err[-2000:]
+    finally:
+        shutil.rmtree(exchange, ignore_errors=True)
+    result["seconds_values"] = value_seconds
+    result["seconds_total"] = time.perf_counter() - started
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", default="16:1000,32:1000,64:1000,128:1000", help="n:budget pairs")
+    p.add_argument("--layers", type=int, default=4, help="layers of the SmolLM2 student (30 = the full model)")
+    p.add_argument("--target-tokens", type=int, default=2)
+    p.add_argument("--test", type=int, default=300, help="uniformly random test masks for R^2 (no budget)")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--exact-max", type=int, default=0, help="exact interactions (all 2^n masks) up to this n")
+    p.add_argument("--flat-sample", type=int, default=48)
+    p.add_argument("--methods", default="kdi_fast,SPEX,ProxySPEX")
+    p.add_argument("--shapiq-python", default=DEFAULT_SHAPIQ)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
+    args = p.parse_args()
+
+    from kdi_fast.data import load_gsm_symbolic
+    from kdi_fast.engine import ValueFunction, compute_interactions
+    from kdi_fast.engine.players import choose_players, encode_prompt
+    from kdi_fast.engine.scheduler import segment_bounds
+    from kdi_fast.engine.sparse import design_masks, held_out_count, recover, uniform_masks
+    from kdi_fast.models import load_model, load_tokenizer, student_from_teacher
+
+    grid = parse_grid(args.grid)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if any(m != "kdi_fast" for m in methods) and not Path(args.shapiq_python).exists():
+        raise SystemExit(f"--shapiq-python {args.shapiq_python} not found: create it with PYENV_VERSION=3.12.1 "
+                         f"python3.12 -m venv DIR && DIR/bin/pip install 'shapiq[sparse]==1.8.0' lightgbm")
+    tokenizer = load_tokenizer("smollm2")
+    teacher = load_model("smollm2")
+    model = teacher if args.layers >= teacher.config.num_hidden_layers else student_from_teacher(teacher, args.layers)
+    model.eval()
+    problems = [q["question"] for q in load_gsm_symbolic(200, seed=args.seed)]
+    rows = []
+    out_dir = results_dir(args.quick)
+    for n, budget in grid:
+        # the shortest problem with n usable words (short prompts keep the CPU grid small)
+        prompt = min((q for q in problems if len(choose_players(encode_prompt(tokenizer, q), n)) >= n), key=len,
+                     default=None)
+        if prompt is None:
+            print(f"n={n}: no gsm_symbolic problem with {n} words; skipped", flush=True)
+            continue
+        function = ValueFunction.prepare(model, tokenizer, prompt, n_players=n, max_target_tokens=args.target_tokens,
+                                         exact_players=True)
+        flat = ValueFunction.prepare(model, tokenizer, prompt, players=[list(q) for q in function.players],
+                                     target_ids=function.target_ids, path="flat")
+        generator = torch.Generator().manual_seed(args.seed + 17)
+        test = uniform_masks(n, args.test, generator)
+        t0 = time.perf_counter()
+        test_values = function(test).numpy()
+        test_seconds = time.perf_counter() - t0
+        flat_sample = uniform_masks(n, args.flat_sample, generator)
+        t0 = time.perf_counter()
+        flat(flat_sample)
+        flat_per_mask = (time.perf_counter() - t0) / args.flat_sample
+        exact_top = None
+        if n <= args.exact_max:
+            exact = compute_interactions(model, tokenizer, [prompt], players=[[list(q) for q in function.players]],
+                                         like=None, targets=[tokenizer.decode(function.target_ids)],
+                                         progress=False)[0]
+            subsets = [tuple(i for i in range(n) if m >> i & 1) for m in range(1 << n)]
+            exact_top = top_k(list(zip(subsets, exact.interactions.tolist())), args.top_k)
+        base = {"n": n, "budget": budget, "prompt_words": len(function.encoded.words),
+                "tokens": len(function.seq), "layers": model.config.num_hidden_layers,
+                "flat_seconds_per_mask": flat_per_mask, "test_masks": args.test, "test_seconds": test_seconds}
+        print(f"n={n} budget={budget}: prompt of {base['prompt_words']} words, {base['tokens']} tokens; "
+              f"flat {flat_per_mask:.3f} s/mask", flush=True)
+        for method in methods:
+            row = dict(base, method=method)
+            if method == "kdi_fast":
+                order = segment_bounds(function.seq.owner, n)[1]
+                held = held_out_count(budget)
+                train = design_masks(n, budget - held, torch.Generator().manual_seed(args.seed), order)
+                held_masks = uniform_masks(n, held, torch.Generator().manual_seed(args.seed + 1))
+                before = dict(function.stats.as_dict())
+                t0 = time.perf_counter()
+                train_values = function(train)
+                train_seconds = time.perf_counter() - t0
+                tokens_run = function.stats.token_forwards - before["token_forwards"]
+                tokens_naive = function.stats.naive_token_forwards - before["naive_token_forwards"]
+                t1 = time.perf_counter()
+                held_values = function(held_masks)
+                t2 = time.perf_counter()
+                rec = recover(train, train_values, held_masks, held_values, seed=args.seed)
+                fit_seconds = time.perf_counter() - t2
+                terms = list(zip(rec.subsets, rec.interactions.tolist()))
+                predicted = rec.predict(test).numpy()
+                row.update(masks=budget, seconds_values=t2 - t0, seconds_method=fit_seconds,
+                           seconds_total=t2 - t0 + fit_seconds, r2_own_held_out=rec.r2_held_out,
+                           recovered=len(terms), train_seconds=train_seconds,
+                           train_flat_seconds_estimate=flat_per_mask * train.shape[0],
+                           trie_speedup=flat_per_mask * train.shape[0] / train_seconds,
+                           token_share=tokens_run / tokens_naive, held_out_seconds=t2 - t1)
+            else:
+                result = run_shapiq(method, function, n, budget, args.seed, args.shapiq_python)
+                if "error" in result:
+                    row.update(error=result["error"][-300:])
+                    print(f"  {method}: error {row['error']}", flush=True)
+                    rows.append(row)
+                    continue
+                terms = [(tuple(s), v) for s, v in result["moebius"]]
+                predicted = moebius_predict(terms, test)
+                row.update(masks=result["masks"], seconds_values=result["seconds_values"],
+                           seconds_method=result["seconds_method"],
+                           seconds_total=result["seconds_values"] + result["seconds_method"], recovered=len(terms),
+                           values_flat_seconds_estimate=flat_per_mask * result["masks"])
+            row["r2_test"] = r2(test_values, predicted)
+            if exact_top is not None:
+                row[f"overlap_top{args.top_k}_exact"] = len(top_k(terms, args.top_k) & exact_top) / args.top_k
+            rows.append(row)
+            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                   if k not in base), flush=True)
+            write_text_atomic(out_dir / "sparse.json", json.dumps(
+                {"command": " ".join(["python", "benchmarks/bench_sparse.py", *sys.argv[1:]]),
+                 "machine": machine(), "rows": rows}, indent=1))
+    write_text_atomic(out_dir / "sparse.md", markdown(rows, args.top_k))
+    print((out_dir / "sparse.md").read_text())
+
+
+def markdown(rows: list[dict], k: int) -> str:
+    lines = [f"| n | budget | method | masks | R^2 (test) | own held-out R^2 | Overlap@{k} exact | terms | wall s "
+             f"(method + values) | trie vs independent forwards |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n']} | {r['budget']} | {r['method']} | error: {r['error'][:80]} |")
+            continue
+        overlap = r.get(f"overlap_top{k}_exact")
+        lines.append(
+            f"| {r['n']} | {r['budget']} | {r['method']} | {r['masks']} | {r['r2_test']:.3f} | "
+            f"{r['r2_own_held_out']:.3f} | " if "r2_own_held_out" in r else
+            f"| {r['n']} | {r['budget']} | {r['method']} | {r['masks']} | {r['r2_test']:.3f} | - | ")
+        lines[-1] += (f"{overlap:.2f} | " if overlap is not None else "- | ")
+        lines[-1] += f"{r['recovered']} | {r['seconds_total']:.0f} ({r['seconds_method']:.0f} + {r['seconds_values']:.0f}) | "
+        lines[-1] += (f"{r['trie_speedup']:.2f}x ({r['token_share']:.2f} of the tokens) |" if "trie_speedup" in r
+                      else "- |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
