@@ -28,6 +28,7 @@ def block(first_line: str) -> str:
 
 def test_every_block_is_run_here():
     run = ("import torch, kdi_fast", "from kdi_fast import compute_interactions", "import kdi_fast\n",
+           "from kdi_fast.engine import compute_interactions, compute_values",
            "from kdi_fast.losses import CIP", "from trl import DPOTrainer", "from kdi_fast.ops import")
     for b in blocks():  # a new block needs its test here
         assert sum(b.startswith(r) for r in run) == 1, b.split("\n")[0]
@@ -61,6 +62,24 @@ def test_engine_and_metrics_blocks(monkeypatch, tmp_path):
               x=[1, 2, 3, 4], y=[1, 3, 2, 4], teacher_results=teacher, student_results=student)
     exec(block("import kdi_fast\n"), ns)
     assert (tmp_path / "r.safetensors").exists() and (tmp_path / "out").is_dir()
+
+
+@pytest.mark.slow
+def test_sparse_block(monkeypatch, smollm_tokenizer):
+    """As written, with 16 players and a budget of 200 masks instead of 64 and 8000 (minutes of CPU here)."""
+    from kdi_fast.models import load_model
+
+    monkeypatch.setenv("KDI_FAST_TINY_MODELS", "1")
+    words = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+             "upsilon phi chi psi omega").split()
+    long_prompt = " ".join(words * 3) + " is the list; what comes next?"
+    ns = dict(model=load_model("smollm2"), tokenizer=smollm_tokenizer, long_prompt=long_prompt,
+              prompt=long_prompt,
+              masks=torch.rand(32, 16, generator=torch.Generator().manual_seed(0)) > 0.5)
+    code = block("from kdi_fast.engine import compute_interactions, compute_values")
+    code = code.replace("n_players=64", "n_players=16").replace("budget=8000", "budget=200")  # tiny run
+    exec(code, ns)
+    assert ns["values"].shape[0] == 32 and ns["r"].subsets
 
 
 @pytest.mark.slow
