@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.13.0 triton==3.7.1
 EXTRAS ?= models,metrics,data,trl,bench,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench experiment wheel clean
+.PHONY: setup demo test bench experiment study wheel clean
 
 CSRC := $(shell find csrc -type f 2>/dev/null)
 
@@ -37,6 +37,10 @@ bench: setup
 
 experiment: setup
 	$(PY) benchmarks/experiment_kd.py
+
+# The study's laboratory tier (issue 13): resumable; rerun to continue. Report in benchmarks/results/study.
+study: setup
+	$(PY) -m kdi_fast study lab --out runs/study-lab --report benchmarks/results/study
 
 wheel: setup
 	$(PIP) wheel --no-deps -w dist .

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module defines register(subparsers) that adds its subcommand with set_defaults(run=callable(args) -> int).
-_SUBCOMMANDS = ("info", "demo", "interactions", "distill", "compare")
+_SUBCOMMANDS = ("info", "demo", "interactions", "distill", "compare", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,68 @@
+"""`kdi study`: the study of issue 13 (does a student's interaction structure track how good it is?).
+
+    kdi study lab --out runs/study-lab            # the laboratory grid (resumable; a progress bar with ETA)
+    kdi study lab --out runs/study-quick --quick  # every method and both maskings on a tiny grid (CI)
+    kdi study report --lab runs/study-lab --out benchmarks/results/study
+
+Run `lab` again with the same --out to resume: written runs are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("study", help="the lab study: KD methods x CIP x seeds, findings with intervals",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="tier", metavar="TIER")
+    lab = sub.add_parser("lab", help="run (or resume) the laboratory grid, then write its report")
+    lab.add_argument("--out", required=True, help="output directory of the runs (resumes what is there)")
+    lab.add_argument("--quick", action="store_true", help="a tiny grid: every method, both maskings, 2 seeds")
+    lab.add_argument("--report", default=None, help="where to write the report (default: OUT/report)")
+    lab.add_argument("--no-plots", action="store_true")
+    lab.add_argument("--shard", default="0/1", metavar="I/K",
+                     help="run every K-th job starting at I (K processes on K cores; default 0/1 = all); the "
+                          "report is written by the process that finds every run done")
+    lab.set_defaults(run=_lab)
+    rep = sub.add_parser("report", help="write the findings of a lab directory's runs")
+    rep.add_argument("--lab", required=True, help="the lab output directory")
+    rep.add_argument("--out", required=True, help="report directory")
+    rep.add_argument("--no-plots", action="store_true")
+    rep.set_defaults(run=_report)
+    p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
+
+
+def _lab(args) -> int:
+    from pathlib import Path
+
+    from ..study.lab import LabConfig, quick_config, run_lab
+    from ..study.report import write_report
+
+    from ..study.lab import grid
+
+    config = quick_config() if args.quick else LabConfig()
+    try:
+        index, count = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be I/K such as 0/2, got {args.shard!r}") from None
+    records = run_lab(args.out, config, progress=sys.stderr.isatty() or not args.quick, shard=(index, count))
+    if len(records) < len(grid(config)) * len(config.seeds):
+        print(f"{len(records)} runs written; the report waits for the other shards")
+        return 0
+    found = write_report(args.out, args.report or Path(args.out) / "report", plots=not args.no_plots,
+                         command="kdi study lab --out " + args.out + (" --quick" if args.quick else ""))
+    for name, f in found.items():
+        print(f"{name}: {f['verdict']}")
+    return 0
+
+
+def _report(args) -> int:
+    from ..study.report import write_report
+
+    found = write_report(args.lab, args.out, plots=not args.no_plots,
+                         command=f"kdi study report --lab {args.lab} --out {args.out}")
+    for name, f in found.items():
+        print(f"{name}: {f['verdict']}")
+    return 0

@@ -1,0 +1,104 @@
+"""The study (kdi_fast.study): task, statistics, and the --quick lab grid end to end (every method, both
+maskings, resumption, report)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from kdi_fast.study import analysis
+from kdi_fast.study.lab import KD_METHODS, grid, quick_config, run_lab
+from kdi_fast.study.measure import answer_of, chance_overlap
+from kdi_fast.study.task import digit_players, make_problem, make_splits, make_tokenizer
+
+
+def test_problem_text_is_little_endian_addition():
+    ex = make_problem(47, 589)
+    assert ex.prompt == "7 4 _ _ + 9 8 5 _ ="
+    assert ex.response == "6 3 6"
+    words = ex.prompt.split()
+    assert [words[i] for i in digit_players()] == ["7", "4", "_", "_", "9", "8", "5", "_"]
+    with pytest.raises(ValueError, match="operands"):
+        make_problem(10_000, 1)
+
+
+def test_splits_are_disjoint_and_tokenizer_round_trips():
+    sp = make_splits(teacher_train=300, train=100, val=50, test=50, seed=3)
+    key = lambda e: tuple(sorted(e.id.split("+")))  # noqa: E731
+    held = {key(e) for e in sp.val + sp.test}
+    assert not held & {key(e) for e in sp.teacher_train}
+    assert len(held) == 100 and {key(e) for e in sp.train} <= {key(e) for e in sp.teacher_train}
+    tok = make_tokenizer()
+    ids = tok(sp.test[0].prompt, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 10 and tok.unk_token_id not in ids
+    assert tok.decode(ids) == sp.test[0].prompt
+    assert tok.pad_token == "_"
+    assert answer_of("6 3 6 <eos> 1") == "6 3 6"
+
+
+def test_chance_overlap_counts_subsets():
+    c = chance_overlap(8)
+    assert c["simple"] == pytest.approx(16 / 162) and c["complex"] == pytest.approx(9 / 93)
+
+
+def test_bootstrap_interval_and_verdicts():
+    ci = analysis.bootstrap_mean([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert ci["mean"] == 3.0 and 1.0 < ci["lo"] < 3.0 < ci["hi"] < 5.0
+    assert analysis.verdict(ci) == "confirmed"
+    assert analysis.verdict(ci, direction=-1) == "refuted"
+    assert analysis.verdict(analysis.bootstrap_mean([-1.0, 1.0, -2.0, 2.0])) == "not separable"
+    assert math.isnan(analysis.bootstrap_mean([1.0])["lo"])
+
+
+def test_holm_adjusts_in_order():
+    adjusted = analysis._holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+
+
+def test_grid_has_every_method_with_and_without_cip_and_the_sweeps():
+    cells = grid(quick_config())
+    names = {c.name for c in cells}
+    for size in ("student_s", "student_m"):
+        for m in ("sft", *KD_METHODS):
+            assert f"{size}_{m}" in names and f"{size}_{m}_cip0.5" in names
+    assert {"student_s_kd_sigma5", "student_s_kd_T2"} <= names
+    assert len(names) == len(cells)
+
+
+def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
+    from kdi_fast.cli import main
+
+    out = tmp_path / "lab"
+    assert main(["study", "lab", "--out", str(out), "--quick", "--no-plots"]) == 0
+    config = quick_config()
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == len(grid(config)) * len(config.seeds)
+    record = json.loads(runs[0].read_text())
+    assert set(record["interactions"]) == {"embedding", "attention"}
+    assert {"gini_complex", "overlap_simple", "salient_complex_overlap"} <= set(record["interactions"]["attention"])
+    methods = {json.loads(p.read_text())["cell"]["method"] for p in runs}
+    assert methods == {"sft", *KD_METHODS}
+    found = json.loads((out / "report" / "findings.json").read_text())["findings"]
+    assert {"sparsity", "simple_vs_complex", "cip", "noise_collapse", "best_temperature", "kd_helps_smaller"} <= \
+        set(found)
+    assert "| claim |" in (out / "report" / "REPORT.md").read_text()
+    # resumption: nothing is computed twice
+    stamps = {p: p.stat().st_mtime_ns for p in runs}
+    records = run_lab(out, config, progress=False, log=lambda *_: None)
+    assert len(records) == len(runs) and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    # a different configuration in the same directory is refused
+    with pytest.raises(ValueError, match="another configuration"):
+        run_lab(out, quick_config().__class__(seeds=(0,)), progress=False)
+    np.testing.assert_allclose(found["sparsity"]["rows"][0]["n"], len(config.seeds))
+
+
+def test_spearman_interval_brackets_the_point_and_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    y = x + rng.normal(size=40)
+    ci = analysis._spearman_ci(x, y)
+    assert ci["rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert ci["lo"] < ci["rho"] < ci["hi"] and ci["lo"] > 0
