@@ -43,3 +43,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, obj, **dumps) -> Path:
     """json.dumps(obj, indent=2, ensure_ascii=False, **dumps) + newline, written to `path` atomically."""
     return write_text_atomic(path, json.dumps(obj, **{"indent": 2, "ensure_ascii": False, **dumps}) + "\n")
+
+
+def read_safetensors(path: str | Path, fmt: str, what: str) -> tuple[dict, dict]:
+    """(metadata, tensors) of a safetensors file written with metadata format=`fmt`; ValueError naming `what`
+    the file should hold when its format is another."""
+    from ._extras import needs
+
+    with needs("models"):
+        from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != fmt:
+            raise ValueError(f"{path} is not a{'n' if what[0] in 'AEIOU' else ''} {what} file "
+                             f"(format {meta.get('format')!r})")
+        return meta, {name: f.get_tensor(name) for name in f.keys()}

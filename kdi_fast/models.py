@@ -212,6 +212,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: torch.
                device: str | torch.device = "cpu") -> nn.Module:
     """A causal LM in eval mode from a local directory, a Hugging Face hub id (passed to from_pretrained: the
     user's cache, HF_HUB_OFFLINE and token apply), or SmolLM2-135M-Instruct for "smollm2"."""
+    if os.environ.get("KDI_FAST_TINY_MODELS") == "1":  # the README's code runs as tests with tiny models
+        return tiny_causal_lm("llama", hidden_size=32, num_layers=2).to(device=device, dtype=dtype)
     with needs("models"):
         from transformers import AutoModelForCausalLM
 
@@ -295,7 +297,9 @@ def student_from_teacher(teacher: nn.Module, keep_layers: int | list[int]) -> nn
         config.layer_types = [config.layer_types[i] for i in keep]
     if hasattr(config, "n_layer"):
         config.n_layer = len(keep)
-    config.name_or_path = f"{getattr(teacher.config, 'name_or_path', 'teacher') or 'teacher'}-layers{len(keep)}"
+    teacher_name = getattr(teacher.config, "name_or_path", "") or "the teacher"
+    recipe = f"layers:{keep_layers}" if isinstance(keep_layers, int) else f"layers:{','.join(map(str, keep))}"
+    config.name_or_path = student_label(recipe, teacher_name)  # derived: never the teacher's own name
     return student
 
 
@@ -343,3 +347,54 @@ def _check_override(config, key: str, value) -> None:
                          f"(the teacher's is {current})")
     if key in _SIZE_FIELDS and value < 1:
         raise ValueError(f"fresh student: {key}={value!r}: a size must be >= 1 (the teacher's is {current})")
+
+
+STUDENT_RECIPES = ("'layers:K' (K of the teacher's layers, evenly spaced, first and last kept), 'layers:0,5,9' "
+                   "(those teacher layers), 'fresh:num_hidden_layers=4,hidden_size=256,...' (the teacher's "
+                   "architecture with that config and random weights), or a saved model directory "
+                   f"('{DEFAULT_MODEL}' for SmolLM2-135M-Instruct)")
+
+
+def _recipe_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.lower() == "true" if text.lower() in ("true", "false") else text
+
+
+def parse_student(recipe: str) -> tuple[str, object]:
+    """The one parser of student recipes (kdi compare and kdi distill): ("layers", K or [indices]),
+    ("fresh", {config field: value}) or ("model", the name or directory, checked when it is loaded).
+    ValueError naming the recipe forms for a malformed one."""
+    if not isinstance(recipe, str) or not recipe.strip():
+        raise ValueError(f"empty student recipe: give {STUDENT_RECIPES}")
+    kind, sep, rest = recipe.partition(":")
+    if kind == "layers" and sep:
+        try:
+            parts = [int(p) for p in rest.split(",")]
+        except ValueError:
+            raise ValueError(f"bad student recipe {recipe!r}: give {STUDENT_RECIPES}") from None
+        return "layers", parts[0] if len(parts) == 1 and "," not in rest else parts
+    if kind == "fresh" and sep:
+        overrides = {}
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise ValueError(f"bad student recipe {recipe!r}: expected key=value pairs; give {STUDENT_RECIPES}")
+            overrides[key.strip()] = _recipe_value(value.strip())
+        return "fresh", overrides
+    return "model", recipe
+
+
+def student_label(recipe: str, teacher_name: str | None = None) -> str:
+    """How a student is named in results and reports: a derived student says so ('layers:26 of <teacher>',
+    'fresh:... (teacher's architecture)'); a saved model is its directory name."""
+    kind, spec = parse_student(recipe)
+    of = f" of {teacher_name}" if teacher_name else " of the teacher"
+    if kind == "layers":
+        return f"{recipe}{of}"
+    if kind == "fresh":
+        return f"{recipe} (architecture{of}, fresh weights)"
+    return Path(str(spec)).name or str(spec)

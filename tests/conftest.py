@@ -49,3 +49,22 @@ def tiny_lm():
     from kdi_fast.models import tiny_causal_lm
 
     return tiny_causal_lm
+
+
+def result_contents(out) -> dict:
+    """Each InteractionResult file in `out`, bitwise: its tensors' bytes and every field except the compute time
+    (stats "seconds"); loading verifies the checksum. Not the raw file bytes: safetensors writes the header's
+    metadata keys in no fixed order."""
+    import json
+    from pathlib import Path
+
+    from kdi_fast.engine import InteractionResult
+
+    contents = {}
+    for path in sorted(Path(out).glob("*.safetensors")):
+        r = InteractionResult.load(path)
+        fields = {k: v for k, v in vars(r).items() if k not in ("values", "interactions", "stats")}
+        stats = {k: v for k, v in r.stats.items() if k != "seconds"}
+        contents[path.name] = (r.values.numpy().tobytes(), r.interactions.numpy().tobytes(),
+                               json.dumps(fields, sort_keys=True), json.dumps(stats, sort_keys=True))
+    return contents

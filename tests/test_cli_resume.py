@@ -9,6 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+from conftest import result_contents
 
 from kdi_fast.cli import main
 from kdi_fast.engine import InteractionResult
@@ -45,19 +48,6 @@ def _run(capsys, model, data, out, *extra):
     return rc, captured.out + captured.err
 
 
-def _files(out: Path) -> dict[str, tuple]:
-    """Each result file's contents, bitwise: its tensors' bytes and every field except the compute time (stats
-    "seconds"). Not the raw file bytes: safetensors writes the header's metadata keys in no fixed order."""
-    contents = {}
-    for path in sorted(out.glob("*.safetensors")):
-        r = InteractionResult.load(path)  # verifies the checksum
-        fields = {k: v for k, v in vars(r).items() if k not in ("values", "interactions", "stats")}
-        stats = {k: v for k, v in r.stats.items() if k != "seconds"}
-        contents[path.name] = (r.values.numpy().tobytes(), r.interactions.numpy().tobytes(),
-                               json.dumps(fields, sort_keys=True), json.dumps(stats, sort_keys=True))
-    return contents
-
-
 def test_results_carry_their_identity_and_a_checksum(tmp_path, capsys, models):
     data = _data(tmp_path / "p.jsonl")
     assert _run(capsys, models["a"], data, tmp_path / "out")[0] == 0
@@ -81,7 +71,7 @@ def test_an_interrupted_overwrite_with_other_settings_is_not_resumed_with_old_re
     assert _run(capsys, models["a"], data, out, "--masking", "token", "--overwrite")[0] == 0
     fresh = tmp_path / "fresh"
     assert _run(capsys, models["a"], data, fresh, "--masking", "token")[0] == 0
-    assert _files(out) == _files(fresh)
+    assert result_contents(out) == result_contents(fresh)
 
 
 def test_other_weights_in_the_same_directory_are_refused(tmp_path, capsys, models):
@@ -96,7 +86,7 @@ def test_other_weights_in_the_same_directory_are_refused(tmp_path, capsys, model
     assert _run(capsys, model, data, out, "--overwrite")[0] == 0
     fresh = tmp_path / "fresh"
     assert _run(capsys, model, data, fresh)[0] == 0
-    assert _files(out) == _files(fresh)
+    assert result_contents(out) == result_contents(fresh)
 
 
 def test_a_run_that_failed_on_bad_input_does_not_block_the_corrected_rerun(tmp_path, capsys, models):
@@ -112,7 +102,7 @@ def test_a_run_that_failed_on_bad_input_does_not_block_the_corrected_rerun(tmp_p
 def test_a_bit_flipped_result_is_detected_and_recomputed(tmp_path, capsys, models):
     data, out = _data(tmp_path / "p.jsonl"), tmp_path / "out"
     assert _run(capsys, models["a"], data, out)[0] == 0
-    before = _files(out)
+    before = result_contents(out)
     path = out / "sky.safetensors"
     damaged = bytearray(path.read_bytes())
     damaged[-20] ^= 0x04  # one bit of the stored values
@@ -121,21 +111,40 @@ def test_a_bit_flipped_result_is_detected_and_recomputed(tmp_path, capsys, model
         InteractionResult.load(path)
     rc, text = _run(capsys, models["a"], data, out)
     assert rc == 0 and "3 prompts: 1 computed, 2 already done" in text, text
-    assert _files(out) == before
+    assert result_contents(out) == before
 
 
 def test_compare_reuses_a_cached_generation_only_for_the_same_weights(tmp_path, models):
-    from kdi_fast.cli.compare import _generate
-    from kdi_fast.data import PromptRecord
     from kdi_fast.models import load_model, load_tokenizer
+    from kdi_fast.pipeline import generate_outputs
 
-    records = [PromptRecord(p["id"], p["prompt"]) for p in PROMPTS[:2]]
+    prompts = [p["prompt"] for p in PROMPTS[:2]]
     tok = load_tokenizer(models["a"])
     a, b = load_model(models["a"]), load_model(models["b"])
     cache = tmp_path / "generations.json"
-    _generate(a, tok, records, 4, False, cache, False, "a")
+    generate_outputs(a, tok, prompts, max_new_tokens=4, cache=cache)
     stored = json.loads(cache.read_text())
     cache.write_text(json.dumps({k: {**v, "text": "from the cache"} for k, v in stored.items()}))
-    assert _generate(a, tok, records, 4, False, cache, False, "a") == ["from the cache"] * 2  # same weights
+    assert generate_outputs(a, tok, prompts, max_new_tokens=4, cache=cache) == ["from the cache"] * 2  # same weights
     # other weights in the same cache (as a --teacher retrained in place would be): generated afresh
-    assert "from the cache" not in _generate(b, tok, records, 4, False, cache, False, "b")
+    assert "from the cache" not in generate_outputs(b, tok, prompts, max_new_tokens=4, cache=cache)
+
+
+def test_sparse_results_are_reused_only_for_the_same_identity(tmp_path, capsys, models):
+    from kdi_fast.engine import SparseInteractionResult
+
+    long_prompt = ("Anna bought seven red pencils and four blue pens at the small shop near the old station, then "
+                   "she gave two pencils to her friend Ben before the train left.")
+    data, out = _data(tmp_path / "p.jsonl", [{"id": "anna", "prompt": long_prompt, "target": " noon"}]), tmp_path / "o"
+    sparse = ["--n", "20", "--budget", "250"]
+    assert _run(capsys, models["a"], data, out, *sparse)[0] == 0
+    first = SparseInteractionResult.load(out / "anna.sparse.safetensors")
+    rc, text = _run(capsys, models["a"], data, out, *sparse, "--masking", "token")
+    assert rc == 2 and "masking" in text and "--overwrite" in text, text
+    rc, text = _run(capsys, models["b"], data, out, *sparse)
+    assert rc == 2 and "model" in text and "--overwrite" in text, text
+    assert _run(capsys, models["a"], data, out, *sparse)[0] == 0  # the same identity: reused
+    again = SparseInteractionResult.load(out / "anna.sparse.safetensors")
+    assert torch.equal(again.interactions, first.interactions)
+    assert json.loads((out / "summary.json").read_text())["prompts"][0]["resumed"]
+    assert _run(capsys, models["b"], data, out, *sparse, "--overwrite")[0] == 0

@@ -42,7 +42,7 @@ def _direct(student_logits, teacher_logits, labels, mix, length_norm):
             big_r = (sum(later) / len(later) if later else 0.0) if length_norm else sum(later)
             kl = (logq[i].exp() * (logq[i] - logp[i])).sum()
             surrogate = surrogate + w * kl - w * big_r * logq[i][y]
-            value += w * float(kl) - w * big_r
+            value += w * float(kl.detach()) - w * big_r
     return surrogate, value
 
 

@@ -174,6 +174,19 @@ def test_top_and_matching_error_by_definition():
                           target_ids=[], values=values[:4], interactions=interactions, model_name="", settings={})
 
 
+def test_top_orders_ties_as_the_metrics_do():
+    from kdi_fast.metrics import top_interactions
+
+    interactions = torch.tensor([0.0, 1.0, -2.0, 2.0, 1.0, -2.0, 0.5, 2.0], dtype=torch.float64)
+    result = InteractionResult(prompt="a b c", words=["a", "b", "c"], players=[(0,), (1,), (2,)],
+                               player_texts=["a", "b", "c"], target_text="x", target_ids=[1],
+                               values=kdi_fast.zeta(interactions), interactions=interactions, model_name="m",
+                               settings={})
+    masks, _ = top_interactions(interactions, 7)
+    assert [texts for texts, _ in result.top(7)] == [result.subset_texts(int(m)) for m in masks]
+    assert [value for _, value in result.top(4)] == [-2.0, 2.0, -2.0, 2.0]  # masks 2, 3, 5, 7: smaller first
+
+
 def test_float32_model_matches_naive_to_float_tolerance(tiny_lm, smollm_tokenizer):
     model = tiny_lm("qwen2", seed=8)
     result = compute_interactions(model, smollm_tokenizer, [PROMPT], targets=[" Yes it is"], n_players=5,

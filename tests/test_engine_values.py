@@ -115,3 +115,15 @@ def test_bad_masks_and_prompts(models, smollm_tokenizer):
         compute_values(model, smollm_tokenizer, "Too short a prompt.", torch.zeros(2, 40, dtype=torch.bool))
     with pytest.raises(ValueError, match="pass n_players= or players="):
         compute_values(model, smollm_tokenizer, PROMPT, torch.arange(4))
+
+
+def test_more_players_than_a_bit_mask_holds(models, smollm_tokenizer):
+    """n = 70 (beyond int64 bit masks): bool masks through the trie equal token-by-token full forwards."""
+    prompt = " ".join(f"word{i}" if i % 7 else "and" for i in range(80)) + "."
+    model = models["gpt2"]
+    g = torch.Generator().manual_seed(5)
+    masks = torch.rand(6, 70, generator=g) < 0.5
+    masks[3:, :60] = masks[0, :60]  # three masks that share their first 60 players
+    values, function = compute_values(model, smollm_tokenizer, prompt, masks, target=" end")
+    assert function.n == 70 and function.stats.path == "prefix_tree"
+    torch.testing.assert_close(values, naive(model, function, masks), atol=1e-9, rtol=0)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import result_contents
+
 from kdi_fast.cli import main
-from kdi_fast.engine import InteractionResult
 
 PROMPTS = [
     {"id": "cat", "prompt": "The small cat sat on the warm mat", "target": " today"},
@@ -57,19 +58,11 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def _contents(out: Path) -> dict[str, tuple]:
-    """Every result, bitwise (tensor bytes, every field but the compute time), and the summary's results."""
-    contents = {}
-    for path in sorted(out.glob("*.safetensors")):
-        r = InteractionResult.load(path)  # verifies the checksum
-        fields = {k: v for k, v in vars(r).items() if k not in ("values", "interactions", "stats")}
-        stats = {k: v for k, v in r.stats.items() if k != "seconds"}
-        contents[path.name] = (r.values.numpy().tobytes(), r.interactions.numpy().tobytes(),
-                               json.dumps(fields, sort_keys=True), json.dumps(stats, sort_keys=True))
+def _contents(out: Path) -> dict:
+    """Every result, bitwise (conftest.result_contents), and the summary's results but their timings."""
     summary = json.loads((out / "summary.json").read_text())
-    contents["summary"] = [{k: v for k, v in e.items() if k not in ("seconds", "computed_by_rank")}
-                           for e in summary["results"]]
-    return contents
+    entries = [{k: v for k, v in e.items() if k not in ("seconds", "computed_by_rank")} for e in summary["results"]]
+    return {**result_contents(out), "summary": entries}
 
 
 @pytest.mark.slow

@@ -15,34 +15,37 @@ from kdi_fast.engine.target import tokenize_target
 from kdi_fast.losses import CIP
 from kdi_fast.models import tiny_causal_lm
 
+from devices import DEVICES
+
 PROMPT = "The quick brown fox jumps over the lazy dog near"
 TARGET = " the river bank"
 TOLERANCE = {"gpt2": 1e-10, "llama": 1e-7, "qwen2": 1e-7}  # Llama/Qwen2's RMSNorm rounds to float32
 CASES = [("embedding", b) for b in (*BASELINES, 7)] + [("token", b) for b in ("pad", "unk", 7)] + [("attention", "pad")]
 
 
-def _cip_batch(tokenizer):
+def _cip_batch(tokenizer, device="cpu"):
     prompt_ids = list(encode_prompt(tokenizer, PROMPT).input_ids)
     target_ids = tokenize_target(tokenizer, TARGET)
-    ids = torch.tensor([prompt_ids + target_ids])
-    labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+    ids = torch.tensor([prompt_ids + target_ids], device=device)
+    labels = torch.tensor([[-100] * len(prompt_ids) + target_ids], device=device)
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
 
 
 def _cip_and_engine(model, tokenizer, masking, baseline, *, path="auto", m=3):
     cip = CIP(m, masking=masking, baseline=baseline, tokenizer=tokenizer, seed=1)
-    records = cip.interactions(model, _cip_batch(tokenizer), step=0)
+    records = cip.interactions(model, _cip_batch(tokenizer, next(model.parameters()).device), step=0)
     assert len(records) == 1 and len(records[0].players) == m
     result = compute_interactions(model, tokenizer, [PROMPT], targets=[TARGET], players=[records[0].players],
                                   masking=masking, baseline=baseline, path=path, progress=False)[0]
     assert result.stats["path"] == ("prefix_tree" if path == "auto" else path)
-    return records[0].values.detach(), result.values
+    return records[0].values.detach().cpu(), result.values
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", sorted(TOLERANCE))
 @pytest.mark.parametrize("masking, baseline", CASES, ids=[f"{m}-{b}" for m, b in CASES])
-def test_cip_values_equal_the_engines(arch, masking, baseline, smollm_tokenizer):
-    model = tiny_causal_lm(arch, hidden_size=16, seed=3).double()
+def test_cip_values_equal_the_engines(arch, masking, baseline, device, smollm_tokenizer):
+    model = tiny_causal_lm(arch, hidden_size=16, seed=3).double().to(device)
     cip_v, engine_v = _cip_and_engine(model, smollm_tokenizer, masking, baseline)
     assert cip_v.dtype == engine_v.dtype == torch.float64
     assert cip_v.std() > 1e-3  # the masks change v: the comparison is not between constants

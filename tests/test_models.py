@@ -121,8 +121,8 @@ def test_fresh_student_with_a_value_of_the_wrong_type_is_a_clear_error():
     from kdi_fast.models import fresh_student, tiny_causal_lm
 
     teacher = tiny_causal_lm("llama", vocab_size=64, num_layers=4)
-    for recipe, field in (("fresh:hidden_size=abc", "hidden_size"), ("fresh:num_hidden_layers=2.5", "num_hidden_layers"),
-                          ("fresh:rms_norm_eps=small", "rms_norm_eps")):
+    for recipe, field in (("fresh:hidden_size=abc", "hidden_size"), ("fresh:rms_norm_eps=small", "rms_norm_eps"),
+                          ("fresh:num_hidden_layers=2.5", "num_hidden_layers")):
         with pytest.raises(ValueError, match=rf"{field}=.*must be an? (int|number)"):
             build_student(teacher, recipe)
     with pytest.raises(ValueError, match="hidden_size=0"):

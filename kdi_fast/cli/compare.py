@@ -11,8 +11,6 @@ run again with the same --out; --overwrite recomputes everything.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -91,27 +89,26 @@ def parse_ks(text: str) -> list[float]:
 
 
 def parse_layers(spec: str) -> int | list[int] | None:
-    """'layers:12' -> 12, 'layers:0,5,9' -> [0, 5, 9]; anything else -> None (a model name or directory)."""
-    if not spec.startswith("layers:"):
-        return None
-    body = spec[len("layers:"):]
-    try:
-        values = [int(v) for v in body.split(",")]
-    except ValueError:
-        raise ValueError(f"--student {spec!r}: use layers:K (keep K layers) or layers:0,3,7 (keep these)") \
-            from None
-    return values[0] if len(values) == 1 and "," not in body else values
+    """'layers:12' -> 12, 'layers:0,5,9' -> [0, 5, 9]; any other recipe -> None (kdi_fast.models.parse_student)."""
+    from ..models import parse_student
+
+    kind, value = parse_student(spec)
+    return value if kind == "layers" else None
 
 
 def student_labels(specs: list[str]) -> list[str]:
     """Short, distinct labels for the students: 'student-26L' for layers:26, the directory name for a path."""
+    from ..models import parse_student
+
     labels = []
     for spec in specs:
-        layers = parse_layers(spec)
-        if layers is None:
-            label = Path(spec).name or spec
+        kind, value = parse_student(spec)
+        if kind == "layers":
+            label = f"student-{value if isinstance(value, int) else len(value)}L"
+        elif kind == "fresh":
+            label = "student-fresh"
         else:
-            label = f"student-{layers if isinstance(layers, int) else len(layers)}L"
+            label = Path(spec).name or spec
         base, i = label, 2
         while label in labels or label == "teacher":
             label, i = f"{base}-{i}", i + 1
@@ -145,40 +142,6 @@ def _describe(model) -> str:
     return f"{layers} layers, {params / 1e6:.1f}M parameters"
 
 
-def _generate(model, tokenizer, records, max_new_tokens: int, chat_template: bool, cache: Path,
-              progress: bool, label: str) -> list[str]:
-    """Each model's own greedy continuation of every prompt (for agreement/BLEU/ROUGE-L), cached in `cache`."""
-    from tqdm.auto import tqdm
-
-    from ..engine.identity import weights_sha256
-    from ..engine.players import encode_prompt
-    from ..engine.target import greedy_target
-    from ..report import write_json
-
-    stored = json.loads(cache.read_text()) if cache.exists() else {}
-    weights = weights_sha256(model)  # a cached text is reused only for the same weights, input and length
-    texts = []
-    changed = False
-    for record in tqdm(records, desc=f"generating ({label})", unit="prompt", disable=not progress):
-        ids = list(encode_prompt(tokenizer, record.prompt, chat_template=chat_template).input_ids)
-        key = hashlib.sha256(json.dumps([ids, max_new_tokens, weights]).encode()).hexdigest()[:16]
-        hit = stored.get(record.id)
-        if hit and hit.get("key") == key:
-            texts.append(hit["text"])
-            continue
-        try:
-            new = greedy_target(model, tokenizer, ids, max_new_tokens)
-            text = tokenizer.decode(new, skip_special_tokens=True)
-        except ValueError:  # the model ends the sequence at once: an empty answer
-            text = ""
-        stored[record.id] = {"key": key, "text": text}
-        texts.append(text)
-        changed = True
-    if changed:
-        write_json(stored, cache)
-    return texts
-
-
 def run(args: argparse.Namespace) -> int:
     from .._lock import output_lock
 
@@ -189,17 +152,72 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..engine.runner import load_results, run_interactions
-    from ..data import BUILTIN_PROMPTS
-    from ..metrics.comparison import compare_models
-    from ..models import load_model, student_from_teacher
+    from .. import pipeline
+    from ..models import load_model
     from ..report import write_report
-    from ..models import keep_layer_indices
-    from .checks import check_model_dir, check_number, check_seed, parse_device
+    from .checks import parse_device
     from .interactions import load_tokenizer_arg
 
     started = time.perf_counter()
-    # Everything cheap is checked before a model is loaded.
+    settings, ks, specs, labels, records, extractor = _checked(args)  # everything cheap, before any model
+    quiet_transformers(args.quiet)
+    progress = not args.quiet
+    device = parse_device("--device", settings.device)
+    dtype = getattr(torch, settings.dtype)
+    torch.manual_seed(settings.seed)
+    tokenizer = load_tokenizer_arg(args.tokenizer, args.teacher, "--teacher")
+    out = Path(args.out)
+    _say(progress, f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
+    teacher = load_model(args.teacher, dtype=dtype, device=device)
+    _check_layer_students(teacher, specs)
+    described = {"teacher": _description(teacher, teacher, args.teacher)}
+    if settings.method == "sparse":
+        return _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, records, out / "runs", out,
+                                   described, device, dtype, progress, started)
+
+    def on_model(label: str, model) -> None:
+        spec = args.teacher if label == "teacher" else specs[labels.index(label)]
+        described[label] = _description(teacher, model, spec)
+        _say(progress, f"[{label}] interactions of {described[label]}" +
+             (", with the teacher's y*, players and masks" if label != "teacher" else ""))
+
+    done = pipeline.compare(
+        teacher, {label: _student_builder(teacher, spec, dtype, device, settings.seed)
+                  for spec, label in zip(specs, labels)},
+        tokenizer, [r.prompt for r in records], settings, gen_tokens=args.gen_tokens, extractor=extractor,
+        prompt_ids=[r.id for r in records], targets=[r.target for r in records],
+        players=[r.players for r in records], runs_dir=out / "runs", overwrite=args.overwrite, progress=progress,
+        on_model=on_model, model_names={"teacher": f"teacher:{args.teacher}",
+                                        **{label: f"student:{spec}" for spec, label in zip(specs, labels)}},
+        ks=ks, k_main=args.k, max_simple_order=args.max_simple_order, salient_threshold=args.salient)
+    _say(progress, "[report] metrics, figures and report")
+    timings = {**done.seconds, "total": time.perf_counter() - started}
+    models = done.comparison.summary["models"]
+    files = write_report(done.comparison, out, run_info=_run_info(args, settings, records, described, device,
+                                                                  timings, done.computed), extra_summary={
+        "command": {k: v for k, v in vars(args).items() if k != "run" and not k.startswith("setting_")},
+        "interaction_settings": settings.to_dict(),
+        "models": {**models, **{label: {**models[label], "description": text} for label, text in described.items()}},
+        "timings_s": timings,
+    })
+    print(f"report:  {files.report}")
+    print(f"summary: {files.summary}")
+    print(f"table:   {files.csv}")
+    print(f"figures: {files.report.parent / 'figures'}")
+    return 0
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _checked(args: argparse.Namespace):
+    """(settings, ks, student specs, their labels, records, answer extractor), every argument checked."""
+    from ..data import BUILTIN_PROMPTS
+    from ..models import parse_student
+    from .checks import check_model_dir, check_number, check_seed
+
     settings = InteractionSettings.from_args(args)
     for name, value, low in (("--gen-tokens", args.gen_tokens, 0), ("--limit", args.limit, 1)):
         if value is not None and value < low:
@@ -213,33 +231,11 @@ def _run(args: argparse.Namespace) -> int:
     specs = list(args.student) if args.student else [DEFAULT_STUDENT]
     check_model_dir("--teacher", args.teacher)
     for spec in specs:
-        if parse_layers(spec) is None:
+        if parse_student(spec)[0] == "model":
             check_model_dir("--student", spec)
-    labels = student_labels(specs)
     records = _records(args.data, args.limit)
     if not records:
         raise ValueError("no prompts to compare")
-    builtin = args.data is None or args.data == BUILTIN_PROMPTS
-    extractor = _extractor(args.answer or ("word" if builtin else "number"))
-    out = Path(args.out)
-    runs = out / "runs"
-    progress = not args.quiet
-    quiet_transformers(args.quiet)
-
-    device = parse_device("--device", settings.device)
-    dtype = getattr(torch, settings.dtype)
-    torch.manual_seed(settings.seed)
-    tokenizer = load_tokenizer_arg(args.tokenizer, args.teacher, "--teacher")
-    run_options = dict(settings=settings, overwrite=args.overwrite, progress=progress)
-    timings: dict[str, float] = {}
-    described: dict[str, str] = {}
-    outputs: dict[str, list[str]] = {}
-
-    def say(message: str) -> None:
-        if progress:
-            print(message, file=sys.stderr, flush=True)
-
-    say(f"kdi compare: {len(records)} prompts, teacher {args.teacher}, students {', '.join(specs)}")
     if settings.method == "sparse":
         from ..engine.sparse import min_budget
 
@@ -248,59 +244,59 @@ def _run(args: argparse.Namespace) -> int:
                              f"needs at least {min_budget(settings.n_players)} masks (held-out ones included)")
         if args.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    t0 = time.perf_counter()
-    teacher = load_model(args.teacher, dtype=dtype, device=device)
-    for spec in specs:  # a student the teacher cannot give is refused before any computation
-        if parse_layers(spec) is not None:
-            try:
-                keep_layer_indices(teacher.config.num_hidden_layers, parse_layers(spec))
-            except ValueError:
-                raise ValueError(f"--student {spec}: the teacher has {teacher.config.num_hidden_layers} layers; "
-                                 f"give layers:K with 1 <= K <= {teacher.config.num_hidden_layers}, or increasing "
-                                 f"indices below {teacher.config.num_hidden_layers}") from None
-    described["teacher"] = f"{args.teacher} ({_describe(teacher)})"
-    if settings.method == "sparse":
-        return _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, records, runs, out, described,
-                                   device, dtype, progress, started)
-    say(f"[teacher] interactions of {described['teacher']}")
-    done = {"teacher": run_interactions(teacher, tokenizer, records, runs / "teacher",
-                                        model_name=f"teacher:{args.teacher}", **run_options)}
-    if args.gen_tokens:
-        outputs["teacher"] = _generate(teacher, tokenizer, records, args.gen_tokens, settings.chat_template,
-                                       runs / "teacher" / "generations.json", progress, "teacher")
-    timings["teacher"] = time.perf_counter() - t0
+    builtin = args.data is None or args.data == BUILTIN_PROMPTS
+    extractor = _extractor(args.answer or ("word" if builtin else "number"))
+    return settings, ks, specs, student_labels(specs), records, extractor
 
-    results = {"teacher": _ordered(load_results(runs / "teacher"), records)}
-    for spec, label in zip(specs, labels):
-        t0 = time.perf_counter()
+
+def _check_layer_students(teacher, specs: list[str]) -> None:
+    """A layers:K student the teacher cannot give is refused before any computation."""
+    from ..models import keep_layer_indices
+
+    total = teacher.config.num_hidden_layers
+    for spec in specs:
         layers = parse_layers(spec)
         if layers is not None:
-            model = student_from_teacher(teacher, keep_layers=layers)
-            kept = layers if isinstance(layers, int) else len(layers)
-            params = sum(p.numel() for p in model.parameters()) / 1e6
-            described[label] = (f"{kept} of the teacher's {teacher.config.num_hidden_layers} layers, not trained "
-                                f"({params:.1f}M parameters)")
-        else:
-            model = load_model(spec, dtype=dtype, device=device)
-            described[label] = f"{spec} ({_describe(model)})"
-        say(f"[{label}] interactions of {described[label]}, with the teacher's y*, players and masks")
-        done[label] = run_interactions(model, tokenizer, records, runs / label, model_name=f"student:{spec}",
-                                       like_dir=runs / "teacher", **run_options)
-        if args.gen_tokens:
-            outputs[label] = _generate(model, tokenizer, records, args.gen_tokens, settings.chat_template,
-                                       runs / label / "generations.json", progress, label)
-        results[label] = _ordered(load_results(runs / label), records)
-        del model
-        timings[label] = time.perf_counter() - t0
+            try:
+                keep_layer_indices(total, layers)
+            except ValueError:
+                raise ValueError(f"--student {spec}: the teacher has {total} layers; give layers:K with "
+                                 f"1 <= K <= {total}, or increasing indices below {total}") from None
 
-    say("[report] metrics, figures and report")
-    comparison = compare_models(
-        results["teacher"], {label: results[label] for label in labels}, teacher_name="teacher",
-        prompt_ids=[r.id for r in records], ks=ks, k_main=args.k, max_simple_order=args.max_simple_order,
-        salient_threshold=args.salient, outputs=outputs or None, extractor=extractor)
-    timings["total"] = time.perf_counter() - started
-    run_info = {
-        **{label: text for label, text in described.items()},
+
+def _student_builder(teacher, spec: str, dtype, device, seed: int):
+    """A function that builds the student of `spec` when its turn comes (one student in memory at a time)."""
+    from ..models import fresh_student, load_model, parse_student, student_from_teacher
+
+    kind, value = parse_student(spec)
+    if kind == "layers":
+        return lambda: student_from_teacher(teacher, keep_layers=value)
+    if kind == "fresh":
+        return lambda: fresh_student(teacher, seed=seed, **value)
+    return lambda: load_model(spec, dtype=dtype, device=device)
+
+
+def _description(teacher, model, spec: str) -> str:
+    """One line about a model for the report: a derived student says which of the teacher's layers it keeps."""
+    from ..models import parse_student
+
+    kind, value = parse_student(spec) if model is not teacher else ("model", spec)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    if kind == "layers":
+        kept = value if isinstance(value, int) else len(value)
+        return (f"{spec}: {kept} of the teacher's {teacher.config.num_hidden_layers} layers, not trained "
+                f"({params:.1f}M parameters)")
+    if kind == "fresh":
+        return f"{spec}: the teacher's architecture, fresh weights, not trained ({_describe(model)})"
+    return f"{spec} ({_describe(model)})"
+
+
+def _run_info(args, settings, records, described, device, timings, computed) -> dict:
+    """The report's table of how the run was made."""
+    import torch
+
+    return {
+        **described,
         "data": args.data or f"{len(records)} built-in prompts ({', '.join(r.id for r in records)})",
         "targets y*": (f"the prompt's target, else the teacher's greedy continuation "
                        f"(<= {settings.max_target_tokens} tokens)"),
@@ -309,30 +305,9 @@ def _run(args: argparse.Namespace) -> int:
         "outputs for agreement/BLEU/ROUGE-L": (f"each model's greedy continuation, <= {args.gen_tokens} tokens"
                                                if args.gen_tokens else "not generated (--gen-tokens 0)"),
         "device": f"{device} ({torch.get_num_threads()} threads), {settings.dtype}",
-        "time": ", ".join(f"{k} {v:.0f} s" + (f" ({done[k].computed} prompts computed, {done[k].skipped} resumed)"
-                                               if k in done else "") for k, v in timings.items()),
+        "time": ", ".join(f"{k} {v:.0f} s" + (f" ({computed[k][0]} prompts computed, {computed[k][1]} resumed)"
+                                               if k in computed else "") for k, v in timings.items()),
     }
-    files = write_report(comparison, out, run_info=run_info, extra_summary={
-        "command": {k: v for k, v in vars(args).items() if k != "run" and not k.startswith("setting_")},
-        "interaction_settings": settings.to_dict(),
-        "models": {**comparison.summary["models"],
-                   **{label: {**comparison.summary["models"][label], "description": text}
-                      for label, text in described.items()}},
-        "timings_s": timings,
-    })
-    print(f"report:  {files.report}")
-    print(f"summary: {files.summary}")
-    print(f"table:   {files.csv}")
-    print(f"figures: {files.report.parent / 'figures'}")
-    return 0
-
-
-def _ordered(by_id: dict, records) -> list:
-    """The results in the order of the records (a run's summary may hold more prompts than asked for now)."""
-    missing = [r.id for r in records if r.id not in by_id]
-    if missing:
-        raise ValueError(f"results are missing for {missing[:5]}; run again with --overwrite")
-    return [by_id[r.id] for r in records]
 
 
 def _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, records, runs, out, described, device,
@@ -340,7 +315,6 @@ def _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, recor
     """--budget: teacher and students recovered sparsely on the same masks; report over the recovered terms."""
     import torch
 
-    from ..models import load_model, student_from_teacher
     from .sparse_runs import run_sparse, sparse_report
 
     options = dict(budget=settings.budget, n_players=settings.n_players, overwrite=args.overwrite, progress=progress,
@@ -352,13 +326,8 @@ def _run_sparse_compare(args, settings, teacher, tokenizer, specs, labels, recor
     students = {}
     for spec, label in zip(specs, labels):
         t0 = time.perf_counter()
-        layers = parse_layers(spec)
-        if layers is not None:
-            model = student_from_teacher(teacher, keep_layers=layers)
-            described[label] = f"{layers if isinstance(layers, int) else len(layers)} of the teacher's layers"
-        else:
-            model = load_model(spec, dtype=dtype, device=device)
-            described[label] = f"{spec} ({_describe(model)})"
+        model = _student_builder(teacher, spec, dtype, device, settings.seed)()
+        described[label] = _description(teacher, model, spec)
         students[label] = run_sparse(model, tokenizer, records, runs / label, like_dir=runs / "teacher", **options)
         del model
         timings[label] = time.perf_counter() - t0

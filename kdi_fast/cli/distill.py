@@ -65,10 +65,11 @@ def register(subparsers) -> None:
     p.add_argument("--seqkd-cache", default=None, help="file of the teacher's cached outputs (default OUT/...)")
     p.add_argument("--interaction-prompts", type=int, default=8,
                    help="held-out prompts whose interactions are compared (0: skip; default 8)")
-    p.add_argument("--n-players", type=int, default=8, help="players per prompt in the evaluation (default 8)")
+    p.add_argument("--n-players", "--n", dest="n_players", type=int, default=8,
+                   help="players per prompt in the evaluation (default 8)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
+    p.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 

@@ -15,8 +15,11 @@ import time
 import warnings
 from pathlib import Path
 
+from ..engine.settings import InteractionSettings
 from ..engine.sparse import RecoveryWarning
 from ..engine.sparse_result import SparseInteractionResult
+
+RUN_SETTINGS = tuple(f for f in InteractionSettings.field_names() if f not in InteractionSettings().results_dict())
 
 
 def _finite(x):
@@ -25,28 +28,47 @@ def _finite(x):
 
 def run_sparse(model, tokenizer, records, out_dir: Path, *, budget: int, n_players: int, like_dir: Path | None = None,
                overwrite: bool = False, progress: bool = True, **options) -> list[SparseInteractionResult]:
-    """Sparse interactions of every record, one file each in out_dir; returns the results in record order."""
+    """Sparse interactions of every record, one file each in out_dir; returns the results in record order.
+
+    A stored result is reused only when its identity (kdi_fast.engine.identity, kept in its settings["identity"])
+    is exactly the wanted one; a result of another identity is an error naming what differs, before anything is
+    computed, unless overwrite=True."""
+    from ..engine.identity import check_reuse, differences, prompt_identity, run_identity
     from ..engine.sparse_compute import compute_sparse_interactions
     from ..report import write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, rows = [], []
+    how = RUN_SETTINGS + ("min_r2",)  # how, not what: no effect on the numbers
+    settings = {"method": "sparse", "budget": budget, "n_players": n_players,
+                **{k: v for k, v in options.items() if k not in how}}
+    run = run_identity(model, tokenizer, settings)
+    likes, identities, stored, conflicts = {}, {}, {}, {}
     for record in records:
-        path = out_dir / f"{record.id}.sparse.safetensors"
         like = None
         if like_dir is not None:
             theirs = Path(like_dir) / f"{record.id}.sparse.safetensors"
             if not theirs.exists():
                 raise ValueError(f"--like {like_dir}: no sparse result for prompt {record.id!r}; run the teacher first")
-            like = [SparseInteractionResult.load(theirs)]
+            likes[record.id] = SparseInteractionResult.load(theirs)
+            like = {"dir": str(like_dir), "result_sha256": _fingerprint(likes[record.id])}
+        identities[record.id] = prompt_identity(run, record, like)
+        path = out_dir / f"{record.id}.sparse.safetensors"
         if path.exists() and not overwrite:
             done = SparseInteractionResult.load(path)
-            if done.prompt == record.prompt and done.settings.get("budget") == budget and \
-                    done.settings.get("seed") == options.get("seed", 0) and \
-                    (like is not None or len(done.players) == min(n_players, len(done.players))):
-                results.append(done)
-                rows.append(_row(record.id, done, skipped=True))
-                continue
+            diffs = differences(done.settings.get("identity") or {}, identities[record.id])
+            if diffs:
+                conflicts[record.id] = diffs
+            else:
+                stored[record.id] = done
+    check_reuse(out_dir, conflicts)
+    results, rows = [], []
+    for record in records:
+        path = out_dir / f"{record.id}.sparse.safetensors"
+        like = [likes[record.id]] if record.id in likes else None
+        if record.id in stored:
+            results.append(stored[record.id])
+            rows.append(_row(record.id, stored[record.id], skipped=True))
+            continue
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RecoveryWarning)
@@ -61,12 +83,24 @@ def run_sparse(model, tokenizer, records, out_dir: Path, *, budget: int, n_playe
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         result.stats["seconds"] = time.perf_counter() - started
+        result.settings["identity"] = identities[record.id]
         result.save(path)
         results.append(result)
         rows.append(_row(record.id, result, skipped=False))
     write_json({"method": "sparse", "budget": budget, "held_out_masks_counted_in_budget": True,
                 "prompts": rows}, out_dir / "summary.json")
     return results
+
+
+def _fingerprint(result: SparseInteractionResult) -> str:
+    """sha256 over what a student run reuses of a teacher's sparse result, and its coefficients."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([result.players, result.target_ids, [list(s) for s in result.subsets],
+                                        result.settings.get("seed")]).encode())
+    digest.update(result.interactions.detach().double().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _row(prompt_id: str, r: SparseInteractionResult, skipped: bool) -> dict:

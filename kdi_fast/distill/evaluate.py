@@ -2,10 +2,11 @@
 its interactions compare with the teacher's, before and after distillation.
 
 For each model (teacher, student before, student after) on held-out examples:
-  - greedy outputs (chat template, up to max_new_tokens);
+  - greedy outputs (chat template, up to max_new_tokens), by kdi_fast.pipeline.generate_outputs: the same
+    generation as `kdi compare`;
   - ROUGE-L (0..100) of the outputs against the reference responses;
-  - for the students: agreement (top-1 match of final answers with the teacher's) and fidelity (corpus BLEU
-    against the teacher's outputs), kdi_fast.metrics.text;
+  - for the students, against the teacher's outputs (kdi_fast.metrics.text.teacher_text_scores, the measures of
+    `kdi compare`): agreement (top-1 match of final answers), fidelity (corpus BLEU) and rouge_l_teacher;
   - interactions (kdi_fast.engine.compute_interactions) on the first `interaction_prompts` prompts, the
     students with the teacher's y* and players (like=teacher): mean Gini over all, simple and complex
     interactions, and for the students Overlap@k with the teacher (overall, simple, complex),
@@ -25,8 +26,7 @@ from pathlib import Path
 from torch import nn
 
 from .._io import write_json_atomic, write_text_atomic
-from .datasets import Example, answer_extractor, end_of_turn_id, tokenize_prompts
-from .generation import generate_responses
+from .datasets import Example, answer_extractor
 
 __all__ = ["EvalSettings", "ModelEval", "model_eval", "text_scores", "interaction_scores", "evaluate_run",
            "save_model_eval", "load_model_eval"]
@@ -43,6 +43,13 @@ class EvalSettings:
     max_simple_order: int | None = None  # simple = order <= this (default n // 2, the metrics' default)
     progress: bool = True
 
+    def interaction_settings(self):
+        """The engine's settings of the evaluation (chat template on: the prompts are user turns)."""
+        from ..engine.settings import InteractionSettings
+
+        return InteractionSettings(n_players=self.n_players, max_target_tokens=self.max_target_tokens,
+                                   chat_template=True)
+
 
 @dataclass
 class ModelEval:
@@ -54,12 +61,10 @@ class ModelEval:
 
 
 def _outputs(model: nn.Module, tokenizer, examples: Sequence[Example], settings: EvalSettings) -> list[str]:
-    eot = end_of_turn_id(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
-    ids = generate_responses(model, tokenize_prompts(tokenizer, [e.prompt for e in examples]), pad_id=pad,
-                             eot_id=eot, max_new_tokens=settings.max_new_tokens, sample=False,
-                             batch_size=settings.batch_size)
-    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
+    from ..pipeline import generate_outputs
+
+    return generate_outputs(model, tokenizer, [e.prompt for e in examples], max_new_tokens=settings.max_new_tokens,
+                            chat_template=True, batch_size=settings.batch_size)
 
 
 def model_eval(name: str, model: nn.Module, tokenizer, examples: Sequence[Example], settings: EvalSettings,
@@ -72,8 +77,7 @@ def model_eval(name: str, model: nn.Module, tokenizer, examples: Sequence[Exampl
         from ..engine import compute_interactions
 
         prompts = [e.prompt for e in examples[:count]]
-        results = compute_interactions(model, tokenizer, prompts, n_players=settings.n_players,
-                                       max_target_tokens=settings.max_target_tokens, chat_template=True,
+        results = compute_interactions(model, tokenizer, prompts, settings=settings.interaction_settings(),
                                        progress=settings.progress,
                                        like=like.interactions if like is not None else None)
     return ModelEval(name, outputs, list(results))
@@ -86,14 +90,16 @@ def _mean(values) -> float:
 
 def text_scores(references: Sequence[str], outputs: Sequence[str], teacher_outputs: Sequence[str] | None,
                 extractor: Callable[[str], Hashable | None]) -> dict:
-    """ROUGE-L against the references, answer accuracy and, given the teacher's outputs, agreement and fidelity."""
-    from ..metrics.text import agreement, answers_agree, fidelity, rouge_l
+    """ROUGE-L against the references, answer accuracy and, given the teacher's outputs, agreement, fidelity and
+    rouge_l_teacher (kdi_fast.metrics.text.teacher_text_scores: the numbers `kdi compare` reports)."""
+    from ..metrics.text import answers_agree, rouge_l, teacher_text_scores
 
     scores = {"rouge_l": rouge_l(list(references), list(outputs)),
               "accuracy": _mean(answers_agree(list(references), list(outputs), extractor))}
     if teacher_outputs is not None:
-        scores["agreement"] = agreement(list(teacher_outputs), list(outputs), extractor)
-        scores["fidelity"] = fidelity(list(teacher_outputs), list(outputs))
+        follow = teacher_text_scores(list(teacher_outputs), list(outputs), extractor)
+        scores.update(agreement=follow["agreement"], fidelity=follow["fidelity_bleu"],
+                      rouge_l_teacher=follow["rouge_l"])
     return scores
 
 

@@ -16,7 +16,37 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["weights_sha256", "tokenizer_sha256", "differences"]
+__all__ = ["run_identity", "prompt_identity", "weights_sha256", "tokenizer_sha256", "differences", "check_reuse"]
+
+
+def run_identity(model, tokenizer, settings: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
+    """The part of an identity every prompt of a run shares: model (name, dtype, weights digest), tokenizer
+    digest and the settings (JSON-normalised, so that a stored identity compares equal)."""
+    config = getattr(model, "config", None)
+    name = str(model_name or getattr(config, "name_or_path", "") or type(model).__name__)
+    dtype = next((p.dtype for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    return json.loads(json.dumps({
+        "model": {"name": name, "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+                  "weights_sha256": weights_sha256(model) if hasattr(model, "state_dict") else None},
+        "tokenizer": {"sha256": tokenizer_sha256(tokenizer)},
+        "settings": settings,
+    }))
+
+
+def prompt_identity(run: dict[str, Any], record, like: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A result's identity: the run's, the prompt record (id, prompt, target, players) and the reference result
+    it reuses (like: {"dir", "result_sha256"}), JSON-normalised."""
+    prompt = {"id": record.id, "prompt": record.prompt, "target": record.target, "players": record.players}
+    return json.loads(json.dumps({**run, "like": like, "prompt": prompt}))
+
+
+def check_reuse(out_dir, conflicts: dict[str, list[str]]) -> None:
+    """Raise the one-line error for stored results of another identity ({id: differences})."""
+    if conflicts:
+        first, diffs = next(iter(conflicts.items()))
+        raise ValueError(f"{out_dir} holds {len(conflicts)} result(s) computed otherwise than asked now (prompt "
+                         f"{first!r}: {'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}). Use another --out "
+                         f"directory, the same model and settings to resume, or --overwrite to recompute everything.")
 
 
 def weights_sha256(model) -> str:
@@ -35,7 +65,8 @@ def weights_sha256(model) -> str:
             continue
         seen[key] = name
         flat = tensor.reshape(-1).contiguous().cpu()
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        if flat.numel():
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))  # the tensor's own bytes, not a copy
     return digest.hexdigest()
 
 

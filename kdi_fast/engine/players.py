@@ -5,10 +5,10 @@ of punctuation ("?", "..."), found by a regular expression on the prompt text re
 reader sees as one character: a letter with its combining accents, an emoji with its modifiers). A cluster counts
 by its first character, so a decomposed accent (NFD "e" + U+0301) stays in its word whether the text is NFC or
 NFD, and a cluster that starts with a mark or a format character (a byte-order mark, a zero-width space, a lone
-combining accent) belongs to no word, like whitespace. The text itself is never changed: the model sees it as given. Each token of the model input
-belongs to the word its character span (the tokenizer's offsets) overlaps; whitespace-only and special tokens
-belong to no word. Words that share a token are merged into one, so that every word can be masked on its own.
-A word may span several tokens.
+combining accent) belongs to no word, like whitespace. The text itself is never changed: the model sees it as
+given. Each token of the model input belongs to the word its character span (the tokenizer's offsets) overlaps;
+whitespace-only and special tokens belong to no word. Words that share a token are merged into one, so that
+every word can be masked on its own. A word may span several tokens.
 
 Players. Explicit: a list of word indices (each a one-word player) or of groups (lists of word indices). Bit i
 of a mask is player i, in the order given. Automatic (players=None) with n wanted:

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from .. import ops
-from .._io import atomic_write
 from .._extras import needs
+from .._io import atomic_write, read_safetensors
 
 _FORMAT = "kdi_fast.InteractionResult/1"
 _JSON_FIELDS = ("prompt", "words", "players", "player_texts", "target_text", "model_name", "settings",
@@ -82,14 +82,14 @@ class InteractionResult:
         return tuple(self.player_texts[i] for i in range(self.n) if mask >> i & 1)
 
     def top(self, k: int = 10) -> list[tuple[tuple[str, ...], float]]:
-        """The k strongest interactions by |I_S| over non-empty S: (player texts of S, I_S), strongest first."""
-        if not isinstance(k, int) or k < 0:
+        """The k strongest interactions by |I_S| over non-empty S: (player texts of S, I_S), strongest first;
+        equal |I_S| in ascending mask order (the smaller mask first, as kdi_fast.metrics ranks them)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
-        strength = self.interactions[1:].abs()  # position 0 is the empty set in both layouts
-        k = min(k, strength.numel())
-        order = torch.topk(strength, k, sorted=True).indices + 1 if k else torch.zeros(0, dtype=torch.long)
         masks = self.masks
-        return [(self.subset_texts(int(masks[s])), float(self.interactions[s])) for s in order]
+        by_mask = torch.argsort(masks[1:]) + 1  # position 0 is the empty set in both layouts
+        ranked = by_mask[torch.sort(-self.interactions[by_mask].abs(), stable=True).indices][:k]
+        return [(self.subset_texts(int(masks[s])), float(self.interactions[s])) for s in ranked]
 
     def matching_error(self) -> float:
         """max over T of |v(x_T) - sum_{S subset of T} I_S| (universal matching; ~1e-12 in float64)."""
@@ -124,15 +124,8 @@ class InteractionResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InteractionResult":
         """Read a result written by save(); ValueError when its checksum does not match (a damaged file)."""
-        with needs("models"):
-            from safetensors import safe_open
-
         path = Path(path)
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not an InteractionResult file (format {meta.get('format')!r})")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        meta, tensors = read_safetensors(path, _FORMAT, "InteractionResult")
         if "sha256" in meta and _checksum(meta.get("json", ""), tensors) != meta["sha256"]:
             raise ValueError(f"{path} is damaged: its checksum does not match its contents; delete it (a resumed "
                              f"run computes it again)")

@@ -217,10 +217,8 @@ def _model_name(model, model_name: str | None) -> str:
 def _manifest(model, model_name, tokenizer, records, like_dir, settings) -> dict:
     """What this run is (written to OUT/manifest.json); its "identity" is the part every result shares."""
     from .._version import __version__
-    from .identity import tokenizer_sha256, weights_sha256
+    from .identity import run_identity
 
-    dtype = next((p.dtype for p in model.parameters()), None) if hasattr(model, "parameters") else None
-    dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
     like = None
     if like_dir is not None:
         like_manifest = like_dir / MANIFEST
@@ -228,28 +226,22 @@ def _manifest(model, model_name, tokenizer, records, like_dir, settings) -> dict
             raise FileNotFoundError(f"like_dir {like_dir}: no {MANIFEST} there; point it at the output directory "
                                     f"of an earlier `kdi interactions` run")
         like = {"dir": str(like_dir), "model": json.loads(like_manifest.read_text()).get("model")}
-    settings = json.loads(json.dumps(settings))  # normalised (tuples -> lists) so restarts compare equal
-    name = _model_name(model, model_name)
-    identity = {
-        "model": {"name": name, "dtype": dtype,
-                  "weights_sha256": weights_sha256(model) if hasattr(model, "state_dict") else None},
-        "tokenizer": {"sha256": tokenizer_sha256(tokenizer)},
-        "settings": settings,
-    }
-    return {"kdi_fast": __version__, "model": name, "dtype": dtype, "settings": settings, "like": like,
+    identity = run_identity(model, tokenizer, settings, _model_name(model, model_name))
+    return {"kdi_fast": __version__, "model": identity["model"]["name"], "dtype": identity["model"]["dtype"],
+            "settings": identity["settings"], "like": like,
             "data": {"digest": records_digest(records), "prompts": len(records)}, "identity": identity}
 
 
 def _identity(run_identity: dict, record: PromptRecord, like_dir: Path | None) -> dict:
     """The identity of one prompt's result: the run's, the prompt record, and the reference result it reuses."""
     from . import InteractionResult
+    from .identity import prompt_identity
 
     like = None
     if like_dir is not None:
-        like = {"dir": str(like_dir), "result_sha256": InteractionResult.stored_checksum(result_path(like_dir,
-                                                                                                     record.id))}
-    prompt = {"id": record.id, "prompt": record.prompt, "target": record.target, "players": record.players}
-    return json.loads(json.dumps({**run_identity, "like": like, "prompt": prompt}))
+        like = {"dir": str(like_dir),
+                "result_sha256": InteractionResult.stored_checksum(result_path(like_dir, record.id))}
+    return prompt_identity(run_identity, record, like)
 
 
 def _reusable(out_dir: Path, records: list[PromptRecord], identities: dict[str, dict]) -> set[str]:
@@ -258,7 +250,7 @@ def _reusable(out_dir: Path, records: list[PromptRecord], identities: dict[str, 
     import warnings
 
     from . import InteractionResult
-    from .identity import differences
+    from .identity import check_reuse, differences
 
     reusable, conflicts = set(), {}
     for record in records:
@@ -276,11 +268,7 @@ def _reusable(out_dir: Path, records: list[PromptRecord], identities: dict[str, 
             conflicts[record.id] = diffs
         else:
             reusable.add(record.id)
-    if conflicts:
-        first, diffs = next(iter(conflicts.items()))
-        raise ValueError(f"{out_dir} holds {len(conflicts)} result(s) computed otherwise than asked now (prompt "
-                         f"{first!r}: {'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}). Use another --out "
-                         f"directory, the same model and settings to resume, or --overwrite to recompute everything.")
+    check_reuse(out_dir, conflicts)
     return reusable
 
 

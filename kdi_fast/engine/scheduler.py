@@ -176,6 +176,14 @@ def plan_tree(seq: MaskedSequence, prediction: list[int], dims: ModelDims, budge
             stored += rows[k] * lengths[k] * dims.kv_per_token
         return worst + head
 
+    rows, need = fit_rows(rows_for, peak, max_tokens, budget)
+    return TreePlan(bounds, order, rows, counts, prediction, max_order, need)
+
+
+def fit_rows(rows_for: Callable[[int], list[int]], peak: Callable[[list[int]], int], max_tokens: int,
+             budget: int) -> tuple[list[int], int]:
+    """(rows per level, estimated peak bytes) for the largest cap on tokens per forward (max_tokens, halved
+    while needed) whose plan rows_for(cap) fits the budget by peak(rows); ValueError when none does."""
     cap = max_tokens
     while True:
         rows = rows_for(cap)
@@ -186,7 +194,7 @@ def plan_tree(seq: MaskedSequence, prediction: list[int], dims: ModelDims, budge
     if need > budget:
         raise ValueError(f"memory_budget={budget:,} bytes is too small for this prompt: even one masked input at a "
                          f"time needs about {need:,} bytes; raise memory_budget")
-    return TreePlan(bounds, order, rows, counts, prediction, max_order, need)
+    return rows, need
 
 
 def _popcount(x: Tensor, bits: int) -> Tensor:

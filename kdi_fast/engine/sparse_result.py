@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .._io import atomic_write
+from .._io import atomic_write, read_safetensors
 
 _FORMAT = "kdi_fast.SparseInteractionResult/1"
 _JSON_FIELDS = ("prompt", "words", "players", "player_texts", "target_text", "model_name", "settings", "stats",
@@ -96,14 +96,7 @@ class SparseInteractionResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SparseInteractionResult":
-        from safetensors import safe_open
-
-        path = Path(path)
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a SparseInteractionResult file (format {meta.get('format')!r})")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        meta, tensors = read_safetensors(Path(path), _FORMAT, "SparseInteractionResult")
         fields = json.loads(meta["json"])
         return cls(interactions=tensors["interactions"], target_ids=tensors["target_ids"].tolist(), **fields)
 

@@ -38,8 +38,8 @@ from .masking import MaskedSequence, check_masking, input_embeddings
 from .memory import default_memory_budget, parse_memory
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
 from .prefix_attention import STATE_KWARG, TreeState, Unsupported
-from .scheduler import (CPU_MAX_TOKENS_PER_FORWARD, GPU_MAX_TOKENS_PER_FORWARD, ModelDims, prefix_tree_attention,
-                        segment_bounds)
+from .scheduler import (CPU_MAX_TOKENS_PER_FORWARD, GPU_MAX_TOKENS_PER_FORWARD, ModelDims, fit_rows,
+                        prefix_tree_attention, run_flat, segment_bounds)
 from .target import greedy_target, tokenize_target
 from .value import DEFAULT_EPS, values_from_logprobs
 
@@ -228,17 +228,7 @@ def _rows_per_level(trie: MaskTrie, dims: ModelDims, budget: int, max_tokens: in
             stored += rows[j] * lengths[j] * dims.kv_per_token
         return worst + head
 
-    cap = max_tokens
-    while True:
-        rows = rows_for(cap)
-        need = peak(rows)
-        if need <= budget or cap == 1:
-            break
-        cap //= 2
-    if need > budget:
-        raise ValueError(f"memory_budget={budget:,} bytes is too small for this prompt: even one masked input at a "
-                         f"time needs about {need:,} bytes; raise memory_budget")
-    return rows
+    return fit_rows(rows_for, peak, max_tokens, budget)[0]
 
 
 def trie_logprobs(model: nn.Module, seq: MaskedSequence, target: Tensor, prediction: list[int], trie: MaskTrie,
@@ -288,24 +278,11 @@ def trie_logprobs(model: nn.Module, seq: MaskedSequence, target: Tensor, predict
 
 def flat_logprobs(model: nn.Module, seq: MaskedSequence, target: Tensor, prediction: list[int], masks: Tensor,
                   rows: int, head_chunk: int, stats: ValueStats, advance=lambda k: None) -> Tensor:
-    """log p(y*_l | x_T) [M, L] for masks [M, n] bool: each masked input as an independent full forward."""
-    device = seq.input_ids.device
-    base = decoder(model)
-    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
-    out = torch.empty(masks.shape[0], target.shape[0], dtype=dtype)
-    where = torch.tensor(prediction, device=device)
-    for start in range(0, masks.shape[0], rows):
-        chunk = masks[start:start + rows].to(device)
-        inputs, kept = segment_inputs(seq, 0, len(seq), chunk)
-        if kept is not None:
-            inputs["attention_mask"] = kept.long()
-        positions = torch.arange(len(seq), device=device)[None].expand(chunk.shape[0], -1)
-        hidden = base(**inputs, position_ids=positions, use_cache=False).last_hidden_state
-        out[start:start + chunk.shape[0]] = head_logprobs(model, hidden.index_select(1, where), target,
-                                                          chunk_size=head_chunk).to(dtype).cpu()
-        stats.forwards += 1
-        stats.token_forwards += chunk.shape[0] * len(seq)
-        advance(chunk.shape[0])
+    """log p(y*_l | x_T) [M, L] for masks [M, n] bool: each masked input as an independent full forward
+    (the scheduler's flat path, which takes mask matrices too)."""
+    out, run = run_flat(model, seq, target, prediction, masks, rows, head_chunk, advance)
+    stats.forwards += run.forwards
+    stats.token_forwards += run.token_forwards
     return out
 
 

@@ -28,7 +28,7 @@ from .interaction import (
     split_orders,
 )
 from .stats import mean_ci, spearman_table
-from .text import answers_agree, fidelity, fidelity_per_example, last_number, rouge_l_per_example
+from .text import answers_agree, fidelity_per_example, last_number, rouge_l_per_example, teacher_text_scores
 
 __all__ = ["DEFAULT_KS", "Comparison", "compare_models", "overlap_column", "json_ready"]
 
@@ -187,108 +187,15 @@ def compare_models(
     agreement (with `extractor`), BLEU fidelity and ROUGE-L against the teacher's text.
     Raises ValueError when a student's results do not line up with the teacher's.
     """
-    teacher = list(teacher)
-    if not teacher:
-        raise ValueError("compare_models needs at least one prompt")
-    if not students:
-        raise ValueError("compare_models needs at least one student")
-    if teacher_name in students:
-        raise ValueError(f"a student is named like the teacher ({teacher_name!r}); give them distinct names")
+    teacher, students, ids = _checked_inputs(teacher, students, teacher_name, prompt_ids)
     ks = [float(k) for k in ks]
     if k_main not in ks:
         ks = sorted([*ks, float(k_main)])
-    students = {name: list(res) for name, res in students.items()}
-    for name, res in students.items():
-        _check_aligned(teacher, name, res)
-    ids = [str(i) for i in prompt_ids] if prompt_ids is not None else [f"{i:03d}" for i in range(len(teacher))]
-    if len(ids) != len(teacher):
-        raise ValueError(f"{len(ids)} prompt ids for {len(teacher)} prompts")
     models = [teacher_name, *students]
     all_results = {teacher_name: teacher, **students}
-
-    answers = None
-    text_scores: dict[str, dict[str, list]] = {}
-    if outputs is not None:
-        missing = [m for m in models if m not in outputs]
-        if missing:
-            raise ValueError(f"outputs lack the model(s) {missing}; give one text per prompt for every model")
-        for m in models:
-            if len(outputs[m]) != len(teacher):
-                raise ValueError(f"outputs[{m!r}] has {len(outputs[m])} texts for {len(teacher)} prompts")
-        answers = {m: [extractor(t) for t in outputs[m]] for m in models}
-        ref = list(outputs[teacher_name])
-        for m in students:
-            text_scores[m] = {
-                "agree": [float(a) for a in answers_agree(ref, list(outputs[m]), extractor)],
-                "bleu": fidelity_per_example(ref, list(outputs[m])),
-                "rouge_l": rouge_l_per_example(ref, list(outputs[m])),
-            }
-
-    columns = ["id", "model", "role", "n", *INTERACTION_COLUMNS]
-    columns += [overlap_column(k) for k in ks] + [overlap_column(k_main, p) for p in ("simple", "complex")]
-    columns += ["v_full", "v_empty", "target"]
-    if outputs is not None:
-        columns += ["output", "answer", *TEXT_COLUMNS]
-    rows: list[dict] = []
-    for i, pid in enumerate(ids):
-        t_res = teacher[i]
-        for m in models:
-            res = all_results[m]
-            row = {"id": pid, "model": m, "role": "teacher" if m == teacher_name else "student"}
-            row.update(_interaction_row(res[i], None if m == teacher_name else t_res, ks, k_main,
-                                        max_simple_order, salient_threshold))
-            row["target"] = getattr(res[i], "target_text", None)
-            if outputs is not None:
-                row["output"] = outputs[m][i]
-                row["answer"] = answers[m][i]
-                if m in text_scores:
-                    row.update({key: text_scores[m][key][i] for key in TEXT_COLUMNS})
-            rows.append({c: row.get(c) for c in columns})
-
-    def column(model: str, name: str) -> list[float]:
-        return _column(rows, model, name)
-
-    numeric = [*INTERACTION_COLUMNS]
-    overlap_cols = [overlap_column(k) for k in ks] + [overlap_column(k_main, p) for p in ("simple", "complex")]
-    summary_models = {}
-    for m in models:
-        cols = numeric + (overlap_cols + (list(TEXT_COLUMNS) if outputs is not None else [])
-                          if m != teacher_name else [])
-        entry = {
-            "role": "teacher" if m == teacher_name else "student",
-            "model_name": getattr(all_results[m][0], "model_name", m),
-            "metrics": {c: mean_ci(column(m, c), confidence, nan_policy="omit").as_dict() for c in cols},
-            "by_order": _order_profile(all_results[m], salient_threshold),
-            "sorted_strength": _sorted_curve(all_results[m]),
-        }
-        if m != teacher_name:  # paired over prompts: student minus teacher, with its interval
-            entry["difference"] = {
-                c: mean_ci([b - a for a, b in zip(column(teacher_name, c), column(m, c))], confidence,
-                           nan_policy="omit").as_dict()
-                for c in PAIRED_COLUMNS
-            }
-        if m != teacher_name and outputs is not None:
-            entry["text"] = {
-                "agreement": float(np.mean(text_scores[m]["agree"])),
-                "fidelity_bleu": fidelity(list(outputs[teacher_name]), list(outputs[m])),
-                "rouge_l": float(np.mean(text_scores[m]["rouge_l"])),
-            }
-        summary_models[m] = entry
-
-    correlations = {}
-    for m in students:
-        measures = {
-            "teacher gini": column(teacher_name, "gini"),
-            "student gini": column(m, "gini"),
-            "student gini_complex": column(m, "gini_complex"),
-            overlap_column(k_main): column(m, overlap_column(k_main)),
-            overlap_column(k_main, "complex"): column(m, overlap_column(k_main, "complex")),
-        }
-        if outputs is not None:
-            measures["rouge_l"] = column(m, "rouge_l")
-        correlations[m] = [c.as_dict() for c in spearman_table(measures)]
-
-    ns = sorted({row["n"] for row in rows})
+    answers, text_scores = _text_scores(outputs, models, teacher_name, list(students), len(teacher), extractor)
+    rows = _rows(ids, models, all_results, teacher_name, ks, k_main, max_simple_order, salient_threshold, outputs,
+                 answers, text_scores)
     summary = {
         "teacher": teacher_name,
         "students": list(students),
@@ -296,23 +203,17 @@ def compare_models(
             "ks": ks,
             "k_main": k_main,
             "max_simple_order": max_simple_order,
-            "simple_orders": {str(n): split_orders(n, max_simple_order)[0] for n in ns},
+            "simple_orders": {str(n): split_orders(n, max_simple_order)[0] for n in sorted({r["n"] for r in rows})},
             "salient_threshold": salient_threshold,
             "confidence": confidence,
             "extractor": getattr(extractor, "__name__", repr(extractor)) if outputs is not None else None,
         },
-        "prompts": [
-            {
-                "id": pid,
-                "prompt": getattr(t, "prompt", None),
-                "n": _num_players(t),
-                "players": list(getattr(t, "player_texts", None) or []),
-                "target": getattr(t, "target_text", None),
-            }
-            for pid, t in zip(ids, teacher)
-        ],
-        "models": summary_models,
-        "correlations": correlations,
+        "prompts": [{"id": pid, "prompt": getattr(t, "prompt", None), "n": _num_players(t),
+                     "players": list(getattr(t, "player_texts", None) or []),
+                     "target": getattr(t, "target_text", None)} for pid, t in zip(ids, teacher)],
+        "models": {m: _model_summary(m, rows, all_results[m], teacher_name, ks, k_main, salient_threshold, outputs,
+                                     extractor, confidence) for m in models},
+        "correlations": {m: _correlations(rows, m, teacher_name, k_main, outputs is not None) for m in students},
     }
     return Comparison(
         teacher=teacher_name, students=list(students), ks=ks, k_main=k_main, max_simple_order=max_simple_order,
@@ -320,6 +221,106 @@ def compare_models(
         summary=json_ready(summary), outputs={m: list(outputs[m]) for m in models} if outputs else None,
         answers=answers,
     )
+
+
+def _checked_inputs(teacher, students, teacher_name, prompt_ids) -> tuple[list, dict[str, list], list[str]]:
+    """(teacher results, student name -> results, prompt ids), checked to line up."""
+    teacher = list(teacher)
+    if not teacher:
+        raise ValueError("compare_models needs at least one prompt")
+    if not students:
+        raise ValueError("compare_models needs at least one student")
+    if teacher_name in students:
+        raise ValueError(f"a student is named like the teacher ({teacher_name!r}); give them distinct names")
+    students = {name: list(res) for name, res in students.items()}
+    for name, res in students.items():
+        _check_aligned(teacher, name, res)
+    ids = [str(i) for i in prompt_ids] if prompt_ids is not None else [f"{i:03d}" for i in range(len(teacher))]
+    if len(ids) != len(teacher):
+        raise ValueError(f"{len(ids)} prompt ids for {len(teacher)} prompts")
+    return teacher, students, ids
+
+
+def _text_scores(outputs, models, teacher_name, students, prompts, extractor):
+    """(answers by model, per-example agree/bleu/rouge_l of each student against the teacher), or (None, {})."""
+    if outputs is None:
+        return None, {}
+    missing = [m for m in models if m not in outputs]
+    if missing:
+        raise ValueError(f"outputs lack the model(s) {missing}; give one text per prompt for every model")
+    for m in models:
+        if len(outputs[m]) != prompts:
+            raise ValueError(f"outputs[{m!r}] has {len(outputs[m])} texts for {prompts} prompts")
+    answers = {m: [extractor(t) for t in outputs[m]] for m in models}
+    ref = list(outputs[teacher_name])
+    scores = {m: {"agree": [float(a) for a in answers_agree(ref, list(outputs[m]), extractor)],
+                  "bleu": fidelity_per_example(ref, list(outputs[m])),
+                  "rouge_l": rouge_l_per_example(ref, list(outputs[m]))} for m in students}
+    return answers, scores
+
+
+def _rows(ids, models, all_results, teacher_name, ks, k_main, max_simple_order, threshold, outputs, answers,
+          text_scores) -> list[dict]:
+    """One row per prompt and model: the interaction measures, and the outputs' answers and scores."""
+    columns = ["id", "model", "role", "n", *INTERACTION_COLUMNS]
+    columns += [overlap_column(k) for k in ks] + [overlap_column(k_main, p) for p in ("simple", "complex")]
+    columns += ["v_full", "v_empty", "target"]
+    if outputs is not None:
+        columns += ["output", "answer", *TEXT_COLUMNS]
+    rows: list[dict] = []
+    for i, pid in enumerate(ids):
+        t_res = all_results[teacher_name][i]
+        for m in models:
+            res = all_results[m]
+            row = {"id": pid, "model": m, "role": "teacher" if m == teacher_name else "student"}
+            row.update(_interaction_row(res[i], None if m == teacher_name else t_res, ks, k_main, max_simple_order,
+                                        threshold))
+            row["target"] = getattr(res[i], "target_text", None)
+            if outputs is not None:
+                row["output"] = outputs[m][i]
+                row["answer"] = answers[m][i]
+                if m in text_scores:
+                    row.update({key: text_scores[m][key][i] for key in TEXT_COLUMNS})
+            rows.append({c: row.get(c) for c in columns})
+    return rows
+
+
+def _model_summary(m, rows, results, teacher_name, ks, k_main, threshold, outputs, extractor, confidence) -> dict:
+    """Means with intervals of every measure, the order profile and strength curve, and for a student the
+    paired differences from the teacher and the text scores (teacher_text_scores)."""
+    is_teacher = m == teacher_name
+    overlaps = [overlap_column(k) for k in ks] + [overlap_column(k_main, p) for p in ("simple", "complex")]
+    cols = [*INTERACTION_COLUMNS] + ([] if is_teacher else overlaps + (list(TEXT_COLUMNS) if outputs else []))
+    entry = {
+        "role": "teacher" if is_teacher else "student",
+        "model_name": getattr(results[0], "model_name", m),
+        "metrics": {c: mean_ci(_column(rows, m, c), confidence, nan_policy="omit").as_dict() for c in cols},
+        "by_order": _order_profile(results, threshold),
+        "sorted_strength": _sorted_curve(results),
+    }
+    if not is_teacher:  # paired over prompts: student minus teacher, with its interval
+        entry["difference"] = {
+            c: mean_ci([b - a for a, b in zip(_column(rows, teacher_name, c), _column(rows, m, c))], confidence,
+                       nan_policy="omit").as_dict()
+            for c in PAIRED_COLUMNS
+        }
+        if outputs is not None:
+            entry["text"] = teacher_text_scores(list(outputs[teacher_name]), list(outputs[m]), extractor)
+    return entry
+
+
+def _correlations(rows, m, teacher_name, k_main, with_text: bool) -> list[dict]:
+    """Spearman correlations between per-prompt measures of student m (and the teacher's Gini)."""
+    measures = {
+        "teacher gini": _column(rows, teacher_name, "gini"),
+        "student gini": _column(rows, m, "gini"),
+        "student gini_complex": _column(rows, m, "gini_complex"),
+        overlap_column(k_main): _column(rows, m, overlap_column(k_main)),
+        overlap_column(k_main, "complex"): _column(rows, m, overlap_column(k_main, "complex")),
+    }
+    if with_text:
+        measures["rouge_l"] = _column(rows, m, "rouge_l")
+    return [c.as_dict() for c in spearman_table(measures)]
 
 
 def json_ready(obj):

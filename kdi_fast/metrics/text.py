@@ -134,3 +134,12 @@ def rouge_l(references: Sequence[str], predictions: Sequence[str]) -> float:
     if not scores:
         raise ValueError("rouge_l needs at least one example")
     return sum(scores) / len(scores)
+
+
+def teacher_text_scores(teacher_texts: Sequence[str], student_texts: Sequence[str],
+                        extractor: AnswerExtractor = last_number) -> dict[str, float]:
+    """How closely a student's outputs follow the teacher's, as `kdi compare` and `kdi distill` both report it:
+    agreement (0..1, answers_agree), fidelity_bleu (corpus BLEU, 0..100) and rouge_l (mean per-example
+    ROUGE-L F1 against the teacher's text, 0..100)."""
+    return {"agreement": agreement(teacher_texts, student_texts, extractor),
+            "fidelity_bleu": fidelity(teacher_texts, student_texts), "rouge_l": rouge_l(teacher_texts, student_texts)}

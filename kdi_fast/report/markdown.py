@@ -161,7 +161,6 @@ def render_markdown(
 ) -> str:
     """The report as Markdown. images: figure key -> relative path ("sorted_strength", "by_order", "overlap",
     "simple_complex", "top_interactions"); missing keys are left out. run_info: extra rows for the set-up table."""
-    s = c.summary["models"]
     out: list[str] = [f"# {title}", ""]
     out += [
         "Harsanyi (AND) interactions I_S of each model on the same prompts, players (words) and target y*: "
@@ -181,6 +180,19 @@ def render_markdown(
         "## Summary",
         "",
     ]
+    out += _summary_section(c)
+    out += _figure_sections(images)
+    out += _correlation_section(c)
+    out += _per_prompt_section(c, csv_name)
+    out += _prompt_details(c, top)
+    out += _definitions(csv_name, json_name)
+    return "\n".join(out)
+
+
+def _summary_section(c: Comparison) -> list[str]:
+    """The summary table: every measure of every model, means with intervals."""
+    out: list[str] = []
+    s = c.summary["models"]
     header = ["measure", *[f"{m} ({s[m]['role']})" for m in c.models]]
     rows = [[label, *[_ci(s[m]["metrics"].get(key), 1 if key == "salient" else 3) for m in c.models]]
             for key, label in _METRIC_LABELS]
@@ -201,7 +213,12 @@ def render_markdown(
                      *[_ci(s[m]["metrics"].get("rouge_l"), 1) for m in c.students]])
     out += _table(header, rows)
     out.append("")
+    return out
 
+
+def _figure_sections(images: Mapping[str, str]) -> list[str]:
+    """One section per figure that was drawn (images: key -> relative path)."""
+    out: list[str] = []
     figures = [
         ("sorted_strength", "Sparsity: sorted interaction strengths",
          "Each curve is a model's |I_S| / max |I_S| sorted from strongest to weakest, averaged over prompts "
@@ -223,7 +240,12 @@ def render_markdown(
     for key, heading, caption in figures:
         if key in images:
             out += [f"## {heading}", "", caption, "", f"![{heading}]({images[key]})", ""]
+    return out
 
+
+def _correlation_section(c: Comparison) -> list[str]:
+    """Spearman correlations between per-prompt measures."""
+    out: list[str] = []
     corr = c.summary.get("correlations") or {}
     if corr:
         out += ["## Rank correlations across prompts", "",
@@ -236,8 +258,12 @@ def render_markdown(
                           [[_esc(p["x"]), _esc(p["y"]), fmt(p["rho"], 2), fmt(p["pvalue"], 3), str(p["n"])]
                            for p in pairs], "llrrr")
             out.append("")
+    return out
 
-    out += ["## Per prompt", "", f"All columns for every model are in [{csv_name}]({csv_name}).", ""]
+
+def _per_prompt_section(c: Comparison, csv_name: str) -> list[str]:
+    """The per-prompt table (Gini, Overlap, and the outputs' agreement and ROUGE-L)."""
+    out: list[str] = ["## Per prompt", "", f"All columns for every model are in [{csv_name}]({csv_name}).", ""]
     header = ["prompt", "n", *[f"Gini {m}" for m in c.models], *[f"Overlap@{c.k_main:g} {m}" for m in c.students]]
     has_text = c.outputs is not None
     if has_text:
@@ -254,7 +280,14 @@ def render_markdown(
         rows.append(row)
     out += _table(header, rows)
     out.append("")
+    return out
 
+
+def _prompt_details(c: Comparison, top: int) -> list[str]:
+    """Each prompt's target, players, outputs and strongest interactions."""
+    out: list[str] = []
+    has_text = c.outputs is not None
+    by_model = {m: [r for r in c.rows if r["model"] == m] for m in c.models}
     out += ["## Prompts, targets and strongest interactions", ""]
     for i, pid in enumerate(c.prompt_ids):
         p = c.summary["prompts"][i]
@@ -267,8 +300,12 @@ def render_markdown(
                 row = by_model[m][i]
                 out.append(f"- {m} output: `{_esc(row.get('output'))}` (answer: {_esc(str(row.get('answer')))})")
         out += ["", *_top_table(c, i, top), "", "</details>", ""]
+    return out
 
-    out += [
+
+def _definitions(csv_name: str, json_name: str) -> list[str]:
+    """How every measure is defined."""
+    out: list[str] = [
         "## Definitions",
         "",
         "- I~_S = I_S / max_{S != {}} |I_S| per prompt; the empty set is excluded; M = 2^n - 1.",
@@ -281,4 +318,4 @@ def render_markdown(
         f"- Machine-readable: [{json_name}]({json_name}) (summary) and [{csv_name}]({csv_name}) (per prompt).",
         "",
     ]
-    return "\n".join(out)
+    return out

@@ -1,0 +1,30 @@
+"""benchmarks/gpu_check.sh plans the right steps (its dry run, on CPU) and its engine benchmark runs (CPU smoke)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_plans_every_step(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": sys.executable},
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert list(status) == ["build", "tests", "transform", "engine"]
+    assert all(step["status"] == "planned" for step in status.values())
+    assert "KDI_FAST_CUDA_ARCHS" in status["build"]["detail"] and "-k" in status["tests"]["detail"]
+
+
+def test_gpu_engine_benchmark_runs_and_both_paths_agree(tmp_path):
+    out = tmp_path / "engine.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_engine.py"), "--device", "cpu",
+                           "--dtype", "float64", "--n", "3", "--tokens", "12", "--layers", "1", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["max_abs_diff_logprob"] < 1e-9
+    assert report["paths"]["prefix_tree"]["token_forwards"] < report["paths"]["flat"]["token_forwards"]
