@@ -38,12 +38,14 @@ def generate_outputs(model: nn.Module, tokenizer, prompts: Sequence[str], *, max
     """Each prompt's greedy continuation (at most max_new_tokens tokens) as text; see the module docstring.
 
     Prompts run in left-padded batches of batch_size. A model that ends at once gives "". cache: a JSON file
-    keeping the texts by prompt (with the prompt tokens and max_new_tokens), reused on the next call.
+    keeping the texts by prompt (with the prompt tokens, max_new_tokens and the weights' digest), reused on the
+    next call.
     """
     from tqdm.auto import tqdm
 
     from ._extras import needs
     from ._io import write_json_atomic
+    from .engine.identity import weights_sha256
     from .engine.players import encode_prompt
     from .engine.target import end_token_ids
 
@@ -54,7 +56,8 @@ def generate_outputs(model: nn.Module, tokenizer, prompts: Sequence[str], *, max
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     stored = json.loads(Path(cache).read_text()) if cache is not None and Path(cache).exists() else {}
     encoded = [list(encode_prompt(tokenizer, p, chat_template=chat_template).input_ids) for p in prompts]
-    keys = [hashlib.sha256(json.dumps([ids, max_new_tokens]).encode()).hexdigest()[:16] for ids in encoded]
+    weights = weights_sha256(model)  # a cached text is reused only for the same weights, input and length
+    keys = [hashlib.sha256(json.dumps([ids, max_new_tokens, weights]).encode()).hexdigest()[:16] for ids in encoded]
     texts = {i: stored[p]["text"] for i, p in enumerate(prompts) if stored.get(p, {}).get("key") == keys[i]}
     todo = [i for i in range(len(prompts)) if i not in texts]
     ends = sorted(end_token_ids(model, tokenizer))

@@ -115,20 +115,19 @@ def test_a_bit_flipped_result_is_detected_and_recomputed(tmp_path, capsys, model
 
 
 def test_compare_reuses_a_cached_generation_only_for_the_same_weights(tmp_path, models):
-    from kdi_fast.cli.compare import _generate
-    from kdi_fast.data import PromptRecord
     from kdi_fast.models import load_model, load_tokenizer
+    from kdi_fast.pipeline import generate_outputs
 
-    records = [PromptRecord(p["id"], p["prompt"]) for p in PROMPTS[:2]]
+    prompts = [p["prompt"] for p in PROMPTS[:2]]
     tok = load_tokenizer(models["a"])
     a, b = load_model(models["a"]), load_model(models["b"])
     cache = tmp_path / "generations.json"
-    _generate(a, tok, records, 4, False, cache, False, "a")
+    generate_outputs(a, tok, prompts, max_new_tokens=4, cache=cache)
     stored = json.loads(cache.read_text())
     cache.write_text(json.dumps({k: {**v, "text": "from the cache"} for k, v in stored.items()}))
-    assert _generate(a, tok, records, 4, False, cache, False, "a") == ["from the cache"] * 2  # same weights
+    assert generate_outputs(a, tok, prompts, max_new_tokens=4, cache=cache) == ["from the cache"] * 2  # same weights
     # other weights in the same cache (as a --teacher retrained in place would be): generated afresh
-    assert "from the cache" not in _generate(b, tok, records, 4, False, cache, False, "b")
+    assert "from the cache" not in generate_outputs(b, tok, prompts, max_new_tokens=4, cache=cache)
 
 
 def test_sparse_results_are_reused_only_for_the_same_identity(tmp_path, capsys, models):

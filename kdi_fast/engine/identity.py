@@ -65,7 +65,8 @@ def weights_sha256(model) -> str:
             continue
         seen[key] = name
         flat = tensor.reshape(-1).contiguous().cpu()
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        if flat.numel():
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))  # the tensor's own bytes, not a copy
     return digest.hexdigest()
 
 
