@@ -109,36 +109,19 @@ def interaction_scores(results: Sequence, teacher_results: Sequence | None, *, k
 
     Results may have different n; each prompt is scored on its own and the scores are averaged.
     """
-    from ..metrics.interaction import gini, overlap_at_k, simple_complex
+    from ..metrics.interaction import prompt_scores
 
     if not results:
         return {}
-    rows = []
-    for i, result in enumerate(results):
-        teacher = teacher_results[i] if teacher_results is not None else None
-        parts = simple_complex(result, teacher, max_simple_order=max_simple_order, k=k)
-        row = {"gini": float(gini(result)), "gini_simple": float(parts["gini_simple"]),
-               "gini_complex": float(parts["gini_complex"]), "share_complex": float(parts["share_complex"])}
-        if teacher is not None:
-            row.update(overlap=float(overlap_at_k(teacher, result, k)), overlap_simple=float(parts["overlap_simple"]),
-                       overlap_complex=float(parts["overlap_complex"]))
-        rows.append(row)
+    rows = [prompt_scores(result, teacher_results[i] if teacher_results is not None else None, k=k,
+                          max_simple_order=max_simple_order) for i, result in enumerate(results)]
     return {key: _mean(row[key] for row in rows) for key in rows[0]}
 
 
-def _finite_or_none(obj):
-    """NaN/inf become None, so that the file is standard JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
 def _write_json(path: Path, obj) -> None:
-    write_json_atomic(path, _finite_or_none(obj), default=str, allow_nan=False)
+    from ..metrics.comparison import json_ready  # NaN/inf -> None: standard JSON
+
+    write_json_atomic(path, json_ready(obj), default=str, allow_nan=False)
 
 
 def _save_interactions(evaluation: ModelEval, folder: Path) -> None:
@@ -229,6 +212,8 @@ def evaluate_run(teacher: nn.Module, student_before: nn.Module, student_after: n
     write_text_atomic(out / "outputs.jsonl", "".join(lines))
     if all(e.interactions for e in evals):
         summary["report"] = _write_report(evals, out / "report", settings, extractor)
-    summary = _finite_or_none(summary)
+    from ..metrics.comparison import json_ready
+
+    summary = json_ready(summary)
     _write_json(out / "summary.json", summary)
     return summary

@@ -37,6 +37,7 @@ from torch import Tensor
 
 __all__ = [
     "as_interactions",
+    "prompt_scores",
     "normalise",
     "subset_orders",
     "gini",
@@ -348,3 +349,16 @@ def simple_complex(
         if teacher is not None:
             out[f"overlap_{name}"] = overlap_at_k(teacher, t, k, orders=part)
     return out
+
+
+def prompt_scores(result, teacher=None, *, k: float = 0.1, max_simple_order: int | None = None) -> dict[str, float]:
+    """One prompt's scores as floats: gini, gini_simple, gini_complex, share_complex and, with the teacher's
+    result, overlap (Overlap@k), overlap_simple and overlap_complex (the rows `kdi distill`'s evaluation and the
+    study average over prompts)."""
+    parts = simple_complex(result, teacher, max_simple_order=max_simple_order, k=k)
+    row = {"gini": float(gini(result)), "gini_simple": float(parts["gini_simple"]),
+           "gini_complex": float(parts["gini_complex"]), "share_complex": float(parts["share_complex"])}
+    if teacher is not None:
+        row.update(overlap=float(overlap_at_k(teacher, result, k)), overlap_simple=float(parts["overlap_simple"]),
+                   overlap_complex=float(parts["overlap_complex"]))
+    return row

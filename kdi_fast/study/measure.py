@@ -114,18 +114,14 @@ def _nanmean(values) -> float:
 def interaction_scores(results: Sequence, teacher_results: Sequence | None) -> dict:
     """Means over prompts: gini (all / simple / complex), share_complex and, with the teacher's results,
     overlap (all / simple / complex, Overlap@K) and salient_complex_overlap."""
-    from ..metrics.interaction import gini, overlap_at_k, simple_complex
+    from ..metrics.interaction import prompt_scores
 
     rows = []
     for i, result in enumerate(results):
         teacher = teacher_results[i] if teacher_results is not None else None
-        parts = simple_complex(result, teacher, max_simple_order=MAX_SIMPLE_ORDER, k=K)
-        row = {"gini": float(gini(result)), "gini_simple": float(parts["gini_simple"]),
-               "gini_complex": float(parts["gini_complex"]), "share_complex": float(parts["share_complex"])}
+        row = prompt_scores(result, teacher, k=K, max_simple_order=MAX_SIMPLE_ORDER)
         if teacher is not None:
-            row.update(overlap=float(overlap_at_k(teacher, result, K)), overlap_simple=float(parts["overlap_simple"]),
-                       overlap_complex=float(parts["overlap_complex"]),
-                       salient_complex_overlap=_salient_complex_overlap(teacher.interactions, result.interactions))
+            row["salient_complex_overlap"] = _salient_complex_overlap(teacher.interactions, result.interactions)
         rows.append(row)
     return {key: _nanmean([row[key] for row in rows]) for key in rows[0]}
 
