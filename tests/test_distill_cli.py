@@ -303,3 +303,12 @@ def test_cli_trainer_options(teacher_dir, data_file, tmp_path, capsys):
         assert code == 0 and list((tmp_path / "tb").rglob("events.out.tfevents*"))
     else:
         assert code == 2 and "--report-to tensorboard" in capsys.readouterr().err
+
+
+def test_cli_student_recipe_beyond_the_teacher_names_the_flag(teacher_dir, data_file, tmp_path, capsys):
+    """`--student layers:9` on a smaller teacher: one line naming --student, before any training (no student/)."""
+    out = tmp_path / "out"
+    assert main(_args(teacher_dir, data_file, out, "--student", "layers:9")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--student layers:9" in errors[0] and "2 layers" in errors[0]
+    assert not (out / "student").exists()

@@ -124,7 +124,10 @@ def run(args) -> int:
         train, held_out = _data(args)
         teacher = load_model(args.teacher, device=device)
         tokenizer = load_tokenizer(args.teacher)
-        student = build_student(teacher, args.student, seed=args.seed)
+        try:
+            student = build_student(teacher, args.student, seed=args.seed)
+        except ValueError as error:  # name the flag, as kdi compare does
+            raise ValueError(f"--student {args.student}: {error}") from None
         result = distill(teacher, student, tokenizer, train, out, config, validation_examples=held_out[:16],
                          seqkd_cache=args.seqkd_cache, progress=not args.no_progress, overwrite=args.overwrite)
         return _report(args, out, result, teacher, student, tokenizer, held_out)
