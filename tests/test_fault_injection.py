@@ -15,8 +15,6 @@ import pytest
 
 from conftest import result_contents
 
-from kdi_fast.cli import main
-
 PROMPTS = [
     {"id": "cat", "prompt": "The small cat sat on the warm mat", "target": " today"},
     {"id": "sky", "prompt": "Why is the sky blue during the day?"},
@@ -81,7 +79,12 @@ def test_sigkill_at_seeded_random_points_then_resume_is_bitwise_equal(tmp_path, 
         return ["interactions", "--model", str(model), "--data", str(data), "--out", str(out), "--n", "4",
                 "--target-tokens", "2", "--quiet"]
 
-    assert main(argv(tmp_path / "reference")) == 0
+    def run_cli(out):  # a fresh process, like the killed ones: no state left by other tests in this one
+        proc = subprocess.run([sys.executable, "-m", "kdi_fast", *argv(out)], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    run_cli(tmp_path / "reference")
     reference = _contents(tmp_path / "reference")
 
     rng = random.Random(20261201)
@@ -103,6 +106,6 @@ def test_sigkill_at_seeded_random_points_then_resume_is_bitwise_equal(tmp_path, 
         assert proc.returncode in (0, -9), proc.stderr[-2000:]
         kills += proc.returncode == -9
     assert kills >= 2  # the manifest and summary kills always fire (the others when prompts remain, or in time)
-    assert main(argv(out)) == 0
+    run_cli(out)
     assert _contents(out) == reference
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
