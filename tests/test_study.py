@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kdi_fast.study import analysis
-from kdi_fast.study.lab import KD_METHODS, grid, quick_config, run_lab
+from kdi_fast.study.lab import KD_METHODS, grid, quick_config, run_lab, tuning_jobs
 from kdi_fast.study.measure import answer_of, chance_overlap
 from kdi_fast.study.task import digit_players, make_problem, make_splits, make_tokenizer
 
@@ -70,10 +70,22 @@ def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
     from kdi_fast.cli import main
 
     out = tmp_path / "lab"
-    assert main(["study", "lab", "--out", str(out), "--quick", "--no-plots"]) == 0
+    assert main(["study", "lab", "--out", str(out), "--quick", "--no-plots", "--workers", "2"]) == 0
     config = quick_config()
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == len(grid(config)) * len(config.seeds)
+    # every method's lr is the one with the best mean val accuracy of its tuning runs (ties keep the default)
+    tunes = [json.loads(p.read_text()) for p in (out / "tuning").glob("*.json")]
+    assert len(tunes) == len(tuning_jobs(config)) * len(config.tune_seeds)
+    for p in runs:
+        r = json.loads(p.read_text())
+        val = {t["lr"]: t["val_accuracy"] for t in tunes
+               if (t["size"], t["method"]) == (r["cell"]["size"], r["cell"]["method"])}
+        assert sorted(val) == sorted(config.tune_lrs)
+        best = max(val.values())
+        expected = config.student_lr if val[config.student_lr] == best else next(
+            lr for lr in config.tune_lrs if val[lr] == best)
+        assert r["config"]["lr"] == expected
     record = json.loads(runs[0].read_text())
     assert set(record["interactions"]) == {"embedding", "attention"}
     assert {"gini_complex", "overlap_simple", "salient_complex_overlap"} <= set(record["interactions"]["attention"])

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._io import write_json_atomic, write_text_atomic
 from .analysis import bootstrap_mean, findings
-from .lab import MASKINGS, LabConfig
+from .lab import MASKINGS, _load_config, chosen_lrs
 from .measure import K, MAX_SIMPLE_ORDER, SALIENT, chance_overlap
 
 __all__ = ["write_report", "calibration"]
@@ -185,8 +185,8 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
     records = [json.loads(p.read_text()) for p in sorted((lab / "runs").glob("*.json"))]
     if not records:
         raise FileNotFoundError(f"no runs in {lab / 'runs'}: run `kdi study lab --out {lab}` first")
-    config = LabConfig(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in json.loads((lab / "lab_config.json").read_text()).items()})
+    config = _load_config(lab)
+    lrs = chosen_lrs(lab, config)
     out.mkdir(parents=True, exist_ok=True)
     found = findings(records, sizes=config.sizes)
     teacher = json.loads((lab / "teacher.json").read_text())
@@ -194,7 +194,8 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
     cells = _cell_table(records)
     write_json_atomic(out / "findings.json", {"findings": found, "teacher": teacher, "splits": splits,
                                               "config": json.loads((lab / "lab_config.json").read_text()),
-                                              "cells": cells, "runs": len(records)}, default=str)
+                                              "cells": cells, "runs": len(records), "learning_rates": lrs},
+                      default=str)
     rows = [_flat(r) for r in records]
     with open(out / "runs.csv.tmp", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -219,13 +220,18 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
         f"test prompts.",
         f"Teacher: {teacher['parameters']} parameters, {teacher['steps']} steps; val accuracy "
         f"{teacher['val_accuracy']:.3f}, test accuracy {teacher['test_accuracy']:.3f}.",
-        f"Students: {', '.join(config.sizes)}; {config.student_steps} steps, batch {config.student_batch}, "
-        f"lr {config.student_lr}; seeds {list(config.seeds)} (initial weights, data order, sampling, noise, CIP "
-        f"partitions). CIP: m = {config.cip_m} groups, pad-embedding masking, weights {list(config.cip_weights)}.",
+        f"Students: {', '.join(config.sizes)}; {config.student_steps} steps, batch {config.student_batch}; "
+        f"seeds {list(config.seeds)} (initial weights, data order, sampling, noise, CIP partitions). "
+        f"CIP: m = {config.cip_m} groups, pad-embedding masking, weights {list(config.cip_weights)}.",
+        f"Learning rates, chosen on val for each size and method (without CIP) among {list(config.tune_lrs)} by the "
+        f"mean val accuracy of {len(config.tune_seeds)} tuning runs (seeds {list(config.tune_seeds)}, never "
+        f"reported; ties keep {config.student_lr}); CIP, noise and T cells use their method's lr: " + "; ".join(
+            f"{key} {v['lr']:g} (val " + ", ".join(f"{lr}: {acc:.2f}" for lr, acc in v["val_accuracy"].items()) + ")"
+            for key, v in lrs.items()) + ".",
         "No-KD (sft) students, test accuracy (mean [95% CI] over seeds): " + "; ".join(
             f"{size} ({e['parameters']} parameters): {_ci(e['test_accuracy'])}"
             for size, e in calib["students"].items()) + ".",
-        "Speed on the shared 2-core CPU (median over runs; two grid processes and other jobs running): " + "; ".join(
+        "Speed on the shared 2-core CPU (median over runs; two grid processes and other jobs sharing it): " + "; ".join(
             f"{k}: {v['steps_per_second']:.1f} steps/s" for k, v in calib["speed"].items()) +
         "; engine: " + f"{np.median([v['masks_per_second'] for v in calib['speed'].values()]):.0f} masks/s "
         "(n = 8, 32 prompts, both maskings, the engine's automatic path).",
