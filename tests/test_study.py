@@ -114,3 +114,20 @@ def test_spearman_interval_brackets_the_point_and_matches_scipy():
     ci = analysis._spearman_ci(x, y)
     assert ci["rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert ci["lo"] < ci["rho"] < ci["hi"] and ci["lo"] > 0
+
+
+def test_update_readme_replaces_only_the_findings_block(tmp_path):
+    from kdi_fast.study.report import README_BEGIN, README_END, update_readme
+
+    found = {"sparsity": {"claim": "sparser", "verdict": "confirmed",
+                          "rows": [{"masking": "embedding", "size": "both", "mean": 0.1, "lo": 0.05, "hi": 0.2}]}}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+    update_readme(readme, found, runs=3, command="kdi study report --lab L --out O")
+    text = readme.read_text()
+    assert text.startswith("# x\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text and "| sparser | embedding: 0.100 [0.050, 0.200] | **confirmed** |" in text
+    assert "(3 runs, from `kdi study report --lab L --out O`" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="study-findings"):
+        update_readme(readme, found, runs=3, command="c")

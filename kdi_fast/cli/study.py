@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     rep.add_argument("--lab", required=True, help="the lab output directory")
     rep.add_argument("--out", required=True, help="report directory")
     rep.add_argument("--no-plots", action="store_true")
+    rep.add_argument("--readme", default=None, metavar="PATH",
+                     help="also write the findings table into PATH between <!-- study-findings --> markers")
     rep.set_defaults(run=_report)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
@@ -64,8 +66,14 @@ def _lab(args) -> int:
 def _report(args) -> int:
     from ..study.report import write_report
 
-    found = write_report(args.lab, args.out, plots=not args.no_plots,
-                         command=f"kdi study report --lab {args.lab} --out {args.out}")
+    command = f"kdi study report --lab {args.lab} --out {args.out}"
+    found = write_report(args.lab, args.out, plots=not args.no_plots, command=command)
+    if args.readme:
+        from pathlib import Path
+
+        from ..study.report import update_readme
+
+        update_readme(args.readme, found, runs=len(list((Path(args.lab) / "runs").glob("*.json"))), command=command)
     for name, f in found.items():
         print(f"{name}: {f['verdict']}")
     return 0

@@ -179,6 +179,28 @@ def calibration(lab_dir: str | Path) -> dict:
     return out
 
 
+README_BEGIN, README_END = "<!-- study-findings -->", "<!-- /study-findings -->"
+
+
+def findings_table(found: dict) -> list[str]:
+    """The findings as markdown table lines: claim, effect [95% CI], verdict."""
+    return ["| claim | effect [95% CI] | verdict |", "|---|---|---|"] + [
+        f"| {f['claim']} | {_main_effect(name, f)} | **{f['verdict']}** |" for name, f in found.items()]
+
+
+def update_readme(readme: str | Path, found: dict, *, runs: int, command: str) -> None:
+    """Replace the text between README_BEGIN and README_END of `readme` by the findings table (atomically)."""
+    path = Path(readme)
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_BEGIN} ... {README_END} block; add one where the findings go")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    body = [f"Findings of the lab grid ({runs} runs, from `{command}`; effect = mean [95% bootstrap CI over seeds]; "
+            "interaction claims under pad-embedding / attention masking):", "", *findings_table(found)]
+    write_text_atomic(path, head + README_BEGIN + "\n\n" + "\n".join(body) + "\n" + README_END + tail)
+
+
 def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "", plots: bool = True) -> dict:
     """Read lab_dir's runs, write findings.json, runs.csv, cells.json, REPORT.md (and plots) to out_dir."""
     lab, out = Path(lab_dir), Path(out_dir)
@@ -248,10 +270,8 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
         "best T = highest mean test accuracy; correlation = Spearman over the runs of one size, bootstrap over runs.",
         "- intervals: 95% percentile bootstrap over seeds of paired differences; verdict confirmed / refuted / not "
         "separable by the interval's side of 0; interaction claims judged under both maskings.",
-        "", "## Findings", "", "| claim | effect [95% CI] | verdict |", "|---|---|---|",
+        "", "## Findings", "", *findings_table(found),
     ]
-    for name, f in found.items():
-        lines.append(f"| {f['claim']} | {_main_effect(name, f)} | **{f['verdict']}** |")
     lines += ["", "## Cells (test accuracy, mean [95% CI] over seeds)", "",
               "| cell | seeds | accuracy | agreement | BLEU fidelity | Gini emb | Gini att | Overlap simple/complex emb |",
               "|---|---|---|---|---|---|---|---|"]
