@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kdi_fast.study import analysis
-from kdi_fast.study.lab import KD_METHODS, grid, quick_config, run_lab
+from kdi_fast.study.lab import KD_METHODS, grid, quick_config, run_lab, tuning_jobs
 from kdi_fast.study.measure import answer_of, chance_overlap
 from kdi_fast.study.task import digit_players, make_problem, make_splits, make_tokenizer
 
@@ -70,10 +70,19 @@ def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
     from kdi_fast.cli import main
 
     out = tmp_path / "lab"
-    assert main(["study", "lab", "--out", str(out), "--quick", "--no-plots"]) == 0
+    assert main(["study", "lab", "--out", str(out), "--quick", "--no-plots", "--workers", "2"]) == 0
     config = quick_config()
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == len(grid(config)) * len(config.seeds)
+    # every method's lr is the one with the lowest val answer NLL of its tuning runs (one tune seed here)
+    tunes = [json.loads(p.read_text()) for p in (out / "tuning").glob("*.json")]
+    assert len(tunes) == len(tuning_jobs(config)) * len(config.tune_seeds)
+    for p in runs:
+        r = json.loads(p.read_text())
+        nll = {t["lr"]: t["val_nll"] for t in tunes
+               if (t["size"], t["method"]) == (r["cell"]["size"], r["cell"]["method"])}
+        assert sorted(nll) == sorted(config.tune_lrs)
+        assert r["config"]["lr"] == min(nll, key=nll.get)
     record = json.loads(runs[0].read_text())
     assert set(record["interactions"]) == {"embedding", "attention"}
     assert {"gini_complex", "overlap_simple", "salient_complex_overlap"} <= set(record["interactions"]["attention"])
@@ -102,3 +111,42 @@ def test_spearman_interval_brackets_the_point_and_matches_scipy():
     ci = analysis._spearman_ci(x, y)
     assert ci["rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert ci["lo"] < ci["rho"] < ci["hi"] and ci["lo"] > 0
+
+
+def test_update_readme_replaces_only_the_findings_block(tmp_path):
+    from kdi_fast.study.report import README_BEGIN, README_END, update_readme
+
+    found = {"sparsity": {"claim": "sparser", "verdict": "confirmed",
+                          "rows": [{"masking": "embedding", "size": "both", "mean": 0.1, "lo": 0.05, "hi": 0.2}]}}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+    update_readme(readme, found, runs=3, command="kdi study report --lab L --out O")
+    text = readme.read_text()
+    assert text.startswith("# x\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text and "| sparser | embedding: 0.100 [0.050, 0.200] | **confirmed** |" in text
+    assert "(3 runs, from `kdi study report --lab L --out O`" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="study-findings"):
+        update_readme(readme, found, runs=3, command="c")
+
+
+def test_answer_nll_is_the_mean_teacher_forced_nll_of_answer_and_end_token():
+    import torch
+
+    from kdi_fast.study.measure import answer_nll
+    from kdi_fast.study.models import make_model
+
+    tok = make_tokenizer()
+    model = make_model("student_s", tok, seed=3).eval()
+    examples = [make_problem(47, 589), make_problem(3, 5), make_problem(9999, 1)]  # answers of 3, 1, 5 digits
+    total, count = 0.0, 0
+    for e in examples:
+        prompt = tok(e.prompt, add_special_tokens=False)["input_ids"]
+        answer = tok(e.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0].double().log_softmax(-1)
+        for i, token in enumerate(answer):
+            total -= logp[len(prompt) - 1 + i, token].item()
+            count += 1
+    assert answer_nll(model, tok, examples) == pytest.approx(total / count, rel=1e-5)
