@@ -40,7 +40,7 @@ experiment: setup
 
 # The study's laboratory tier (issue 13): resumable; rerun to continue. Report in benchmarks/results/study.
 study: setup
-	$(PY) -m kdi_fast study lab --out runs/study-lab --report benchmarks/results/study
+	$(PY) -m kdi_fast study lab --out runs/study-lab --workers 2 --report benchmarks/results/study
 
 wheel: setup
 	$(PIP) wheel --no-deps -w dist .

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kdi_fast.study import analysis
-from kdi_fast.study.lab import KD_METHODS, grid, quick_config, run_lab
+from kdi_fast.study.lab import KD_METHODS, grid, quick_config, run_lab, tuning_jobs
 from kdi_fast.study.measure import answer_of, chance_overlap
 from kdi_fast.study.task import digit_players, make_problem, make_splits, make_tokenizer
 
@@ -70,10 +70,22 @@ def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
     from kdi_fast.cli import main
 
     out = tmp_path / "lab"
-    assert main(["study", "lab", "--out", str(out), "--quick", "--no-plots"]) == 0
+    assert main(["study", "lab", "--out", str(out), "--quick", "--no-plots", "--workers", "2"]) == 0
     config = quick_config()
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == len(grid(config)) * len(config.seeds)
+    # every method's lr is the one with the best mean val accuracy of its tuning runs (ties keep the default)
+    tunes = [json.loads(p.read_text()) for p in (out / "tuning").glob("*.json")]
+    assert len(tunes) == len(tuning_jobs(config)) * len(config.tune_seeds)
+    for p in runs:
+        r = json.loads(p.read_text())
+        val = {t["lr"]: t["val_accuracy"] for t in tunes
+               if (t["size"], t["method"]) == (r["cell"]["size"], r["cell"]["method"])}
+        assert sorted(val) == sorted(config.tune_lrs)
+        best = max(val.values())
+        expected = config.student_lr if val[config.student_lr] == best else next(
+            lr for lr in config.tune_lrs if val[lr] == best)
+        assert r["config"]["lr"] == expected
     record = json.loads(runs[0].read_text())
     assert set(record["interactions"]) == {"embedding", "attention"}
     assert {"gini_complex", "overlap_simple", "salient_complex_overlap"} <= set(record["interactions"]["attention"])
@@ -102,3 +114,20 @@ def test_spearman_interval_brackets_the_point_and_matches_scipy():
     ci = analysis._spearman_ci(x, y)
     assert ci["rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
     assert ci["lo"] < ci["rho"] < ci["hi"] and ci["lo"] > 0
+
+
+def test_update_readme_replaces_only_the_findings_block(tmp_path):
+    from kdi_fast.study.report import README_BEGIN, README_END, update_readme
+
+    found = {"sparsity": {"claim": "sparser", "verdict": "confirmed",
+                          "rows": [{"masking": "embedding", "size": "both", "mean": 0.1, "lo": 0.05, "hi": 0.2}]}}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+    update_readme(readme, found, runs=3, command="kdi study report --lab L --out O")
+    text = readme.read_text()
+    assert text.startswith("# x\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text and "| sparser | embedding: 0.100 [0.050, 0.200] | **confirmed** |" in text
+    assert "(3 runs, from `kdi study report --lab L --out O`" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="study-findings"):
+        update_readme(readme, found, runs=3, command="c")

@@ -1,6 +1,6 @@
 """`kdi study`: the study of issue 13 (does a student's interaction structure track how good it is?).
 
-    kdi study lab --out runs/study-lab            # the laboratory grid (resumable; a progress bar with ETA)
+    kdi study lab --out runs/study-lab --workers 2  # the laboratory grid (resumable; a progress bar with ETA)
     kdi study lab --out runs/study-quick --quick  # every method and both maskings on a tiny grid (CI)
     kdi study report --lab runs/study-lab --out benchmarks/results/study
     kdi study real --out runs/study-real --report benchmarks/results/study/real   # the SmolLM2 tier (resumable)
@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     lab.add_argument("--quick", action="store_true", help="a tiny grid: every method, both maskings, 2 seeds")
     lab.add_argument("--report", default=None, help="where to write the report (default: OUT/report)")
     lab.add_argument("--no-plots", action="store_true")
+    lab.add_argument("--workers", type=int, default=1, metavar="K",
+                     help="K processes, one per core (this one trains the teacher, then K - 1 children join)")
     lab.add_argument("--shard", default="0/1", metavar="I/K",
                      help="run every K-th job starting at I (K processes on K cores; default 0/1 = all); the "
                           "report is written by the process that finds every run done")
@@ -37,6 +39,8 @@ def register(subparsers) -> None:
     rep.add_argument("--lab", required=True, help="the lab output directory")
     rep.add_argument("--out", required=True, help="report directory")
     rep.add_argument("--no-plots", action="store_true")
+    rep.add_argument("--readme", default=None, metavar="PATH",
+                     help="also write the findings table into PATH between <!-- study-findings --> markers")
     rep.set_defaults(run=_report)
     p.set_defaults(run=lambda args: (p.print_help(), 2)[1])
 
@@ -54,7 +58,8 @@ def _lab(args) -> int:
         index, count = (int(x) for x in args.shard.split("/"))
     except ValueError:
         raise ValueError(f"--shard must be I/K such as 0/2, got {args.shard!r}") from None
-    records = run_lab(args.out, config, progress=sys.stderr.isatty() or not args.quick, shard=(index, count))
+    records = run_lab(args.out, config, progress=sys.stderr.isatty() or not args.quick, shard=(index, count),
+                      workers=args.workers)
     if len(records) < len(grid(config)) * len(config.seeds):
         print(f"{len(records)} runs written; the report waits for the other shards")
         return 0
@@ -83,8 +88,14 @@ def _real(args) -> int:
 def _report(args) -> int:
     from ..study.report import write_report
 
-    found = write_report(args.lab, args.out, plots=not args.no_plots,
-                         command=f"kdi study report --lab {args.lab} --out {args.out}")
+    command = f"kdi study report --lab {args.lab} --out {args.out}"
+    found = write_report(args.lab, args.out, plots=not args.no_plots, command=command)
+    if args.readme:
+        from pathlib import Path
+
+        from ..study.report import update_readme
+
+        update_readme(args.readme, found, runs=len(list((Path(args.lab) / "runs").glob("*.json"))), command=command)
     for name, f in found.items():
         print(f"{name}: {f['verdict']}")
     return 0

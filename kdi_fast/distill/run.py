@@ -312,6 +312,10 @@ def _distill_locked(teacher, student, tokenizer, train_examples, out, config, me
                 shutil.rmtree(p, ignore_errors=True)
 
     trainer.on_checkpoint_complete = on_complete
+    if not progress:  # without a progress bar the Trainer prints every log dict; run.log keeps them
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     if resume is not None:
         trainer.load_state_extra(resume)
     try:

@@ -7,6 +7,7 @@ Layout of out_dir:
   teacher/                    the teacher's distill() run (its student/ folder is the teacher)
   teacher.json                the teacher's accuracy (val, test) and parameters
   teacher_interactions/{masking}/{i}.safetensors   the teacher's InteractionResults (the like= of every student)
+  tuning/{size}_{method}_lr{lr}__seed{s}.json   one tuning run: its validation accuracy (never reported)
   runs/{cell}__seed{s}.json   one run: accuracies, agreement, fidelity, interaction scores under both maskings
   work/                       distill() folders of runs in progress (removed when a run is written)
 
@@ -20,6 +21,8 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from .models import make_model, num_parameters
 from .task import make_splits, make_tokenizer
 from .train import train
 
-__all__ = ["LabConfig", "Cell", "grid", "run_lab", "quick_config"]
+__all__ = ["LabConfig", "Cell", "TuneJob", "grid", "tuning_jobs", "chosen_lrs", "run_lab", "quick_config"]
 
 MASKINGS = ("embedding", "attention")
 KD_METHODS = ("kd", "rkl", "gkd", "distillm", "abkd", "seqkd")
@@ -80,7 +83,9 @@ class LabConfig:
     teacher_lr: float = 2e-3
     teacher_batch: int = 64
     student_steps: int = 350  # chosen on val: sft val accuracy in 30-70% at both sizes
-    student_lr: float = 3e-3
+    student_lr: float = 3e-3  # the default, kept where the tuning runs tie
+    tune_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # each method's lr: the best mean val accuracy among these
+    tune_seeds: tuple[int, ...] = (100, 101)  # seeds of the tuning runs (disjoint from `seeds`; never reported)
     student_batch: int = 64
     cip_m: int = 3
     cip_batch_share: float = 0.25  # CIP on a quarter of each batch's prompts (2^m masked forwards each)
@@ -91,7 +96,7 @@ def quick_config() -> LabConfig:
     """A tiny grid for the CI test: every method, both maskings, a few steps, 2 seeds, one CIP weight."""
     return LabConfig(cip_weights=(0.5,), noises=(5.0,), temperatures=(2.0,), seeds=(0, 1), teacher_train=200,
                      train=100, val=16, test=16, interaction_prompts=2, teacher_steps=4, teacher_batch=8,
-                     student_steps=2, student_batch=4, cip_m=2, threads=1)
+                     student_steps=2, student_batch=4, cip_m=2, threads=1, tune_lrs=(3e-3, 1e-2), tune_seeds=(100,))
 
 
 def grid(config: LabConfig) -> list[Cell]:
@@ -116,6 +121,47 @@ def grid(config: LabConfig) -> list[Cell]:
                     if cell not in cells:
                         cells.append(cell)
     return cells
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """One learning rate tried for one (size, method) on the validation split (run at every tune seed)."""
+
+    size: str
+    method: str
+    lr: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.size}_{self.method}_lr{self.lr:g}"
+
+
+def tuning_jobs(config: LabConfig) -> list[TuneJob]:
+    """Every (size, method, lr) of the tuning phase: the methods without CIP (CIP, noise and T cells use their
+    method's lr)."""
+    return [TuneJob(size, method, lr) for size in config.sizes for method in config.methods
+            for lr in config.tune_lrs]
+
+
+def tune_file(out: Path, job: TuneJob, seed: int) -> Path:
+    return out / "tuning" / f"{job.name}__seed{seed}.json"
+
+
+def chosen_lrs(out_dir: str | Path, config: LabConfig) -> dict[str, dict]:
+    """{f"{size}_{method}": {"lr": chosen, "val_accuracy": {lr: mean over tune seeds}}} from the tuning runs
+    written so far; a (size, method) with a missing tuning run is left out. Ties keep config.student_lr."""
+    out, chosen = Path(out_dir), {}
+    for size in config.sizes:
+        for method in config.methods:
+            jobs = [TuneJob(size, method, lr) for lr in config.tune_lrs]
+            files = [[tune_file(out, j, s) for s in config.tune_seeds] for j in jobs]
+            if not all(f.is_file() for fs in files for f in fs):
+                continue
+            val = {j.lr: sum(json.loads(f.read_text())["val_accuracy"] for f in fs) / len(fs)
+                   for j, fs in zip(jobs, files)}
+            best = max(val, key=lambda lr: (val[lr], lr == config.student_lr))
+            chosen[f"{size}_{method}"] = {"lr": best, "val_accuracy": {f"{lr:g}": v for lr, v in val.items()}}
+    return chosen
 
 
 def _digest(examples) -> str:
@@ -143,12 +189,16 @@ class _Lab:
 
     def _teacher(self):
         c = self.config
+        info_path, trained = self.out / "teacher.json", self.out / "teacher" / "student"
+        if info_path.is_file() and (trained / "model.safetensors").is_file():  # finished: load, no distill lock
+            from transformers import LlamaForCausalLM
+
+            return LlamaForCausalLM.from_pretrained(trained).eval()
         teacher = make_model("teacher", self.tokenizer, seed=c.data_seed)
         started = time.perf_counter()
         seconds = train(teacher, self.tokenizer, self.splits.teacher_train, self.out / "teacher", method="sft",
                         steps=c.teacher_steps, batch_size=c.teacher_batch, lr=c.teacher_lr, seed=c.data_seed,
                         warmup_steps=c.teacher_steps // 20)
-        info_path = self.out / "teacher.json"
         if not info_path.is_file():
             val = measure.text_scores(self.splits.val, measure.greedy_outputs(teacher, self.tokenizer,
                                                                               self.splits.val), None)
@@ -175,16 +225,43 @@ class _Lab:
             result.save(path)
         return results
 
-    def run(self, cell: Cell, seed: int) -> dict:
-        c, tok = self.config, self.tokenizer
-        work = self.out / "work" / f"{cell.name}__seed{seed}"
-        student = make_model(cell.size, tok, seed=1000 * (1 + seed))
-        seconds = train(student, tok, self.splits.train, work, method=cell.method, steps=c.student_steps,
-                        batch_size=c.student_batch, lr=c.student_lr, seed=seed, teacher=self.teacher,
-                        temperature=cell.temperature, teacher_noise=cell.noise, cip_weight=cell.cip, cip_m=c.cip_m,
+    def _train_student(self, size: str, method: str, lr: float, seed: int, work: Path, *, temperature=1.0,
+                       noise=0.0, cip=0.0):
+        c = self.config
+        student = make_model(size, self.tokenizer, seed=1000 * (1 + seed))
+        seconds = train(student, self.tokenizer, self.splits.train, work, method=method, steps=c.student_steps,
+                        batch_size=c.student_batch, lr=lr, seed=seed, teacher=self.teacher,
+                        temperature=temperature, teacher_noise=noise, cip_weight=cip, cip_m=c.cip_m,
                         cip_batch_share=c.cip_batch_share,
                         warmup_steps=c.student_steps // 20, teacher_logits_cache=self.logits_cache,
                         seqkd_cache=self.out / "seqkd_teacher_outputs.json", validation=self.splits.val[:16])
+        return student, seconds
+
+    def tune(self, job: TuneJob, seed: int) -> dict:
+        """One tuning run: validation accuracy only (the test split is never touched here)."""
+        work = self.out / "work" / f"{job.name}__seed{seed}"
+        student, seconds = self._train_student(job.size, job.method, job.lr, seed, work)
+        val = measure.text_scores(self.splits.val, measure.greedy_outputs(student, self.tokenizer, self.splits.val),
+                                  self.teacher_val)
+        return {"size": job.size, "method": job.method, "lr": job.lr, "seed": seed, "train_seconds": seconds,
+                "val_accuracy": val["accuracy"], "val_agreement": val["agreement"]}
+
+    def lr_for(self, size: str, method: str) -> float:
+        """The tuned lr of (size, method); waits for tuning runs that other shards are still writing."""
+        key, told = f"{size}_{method}", False
+        while (found := chosen_lrs(self.out, self.config).get(key)) is None:
+            if not told:
+                self.log(f"waiting for the tuning runs of {key} (written by another --shard)")
+                told = True
+            time.sleep(5)
+        return found["lr"]
+
+    def run(self, cell: Cell, seed: int) -> dict:
+        c, tok = self.config, self.tokenizer
+        work = self.out / "work" / f"{cell.name}__seed{seed}"
+        lr = self.lr_for(cell.size, cell.method)
+        student, seconds = self._train_student(cell.size, cell.method, lr, seed, work, temperature=cell.temperature,
+                                               noise=cell.noise, cip=cell.cip)
         started = time.perf_counter()
         val = measure.text_scores(self.splits.val, measure.greedy_outputs(student, tok, self.splits.val),
                                   self.teacher_val)
@@ -204,7 +281,7 @@ class _Lab:
                   "test_accuracy": test["accuracy"], "test_agreement": test["agreement"],
                   "test_fidelity": test["fidelity"], "interactions": interactions, "order_strength": profiles,
                   "masks_per_second": masks_per_second, "steps_per_second": c.student_steps / max(seconds, 1e-9),
-                  "config": {"steps": c.student_steps, "lr": c.student_lr, "batch_size": c.student_batch,
+                  "config": {"steps": c.student_steps, "lr": lr, "batch_size": c.student_batch,
                              "cip_m": c.cip_m, "cip_batch_share": c.cip_batch_share}}
         return record
 
@@ -223,15 +300,25 @@ def run_file(out: Path, cell: Cell, seed: int) -> Path:
     return out / "runs" / f"{cell.name}__seed{seed}.json"
 
 
-def run_lab(out_dir: str | Path, config: LabConfig | None = None, *, progress: bool = True,
-            log=print, shard: tuple[int, int] = (0, 1)) -> list[dict]:
-    """Run (or resume) the lab grid in out_dir; returns every run's record (also the ones written before).
+def _load_config(out: Path) -> LabConfig:
+    raw = json.loads((out / "lab_config.json").read_text())
+    return LabConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
-    shard=(i, k): run only jobs i, i + k, i + 2k, ... of the grid's order (k processes share a CPU's cores; each
-    writes its own runs, so they never overlap); the records returned are those written so far."""
+
+def run_lab(out_dir: str | Path, config: LabConfig | None = None, *, progress: bool = True,
+            log=print, shard: tuple[int, int] = (0, 1), workers: int = 1) -> list[dict]:
+    """Run (or resume) the lab in out_dir: the tuning runs (each method's lr on val), then the grid; returns
+    every grid run's record (also the ones written before).
+
+    workers=k: this process trains the teacher, then runs shard 0 while k - 1 child processes run shards 1..k-1
+    (one per core; each writes its own files, so they never overlap). shard=(i, k): run only jobs i, i + k, ...
+    of the lab's order (a shard waits for tuning runs other shards write)."""
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard must be (i, k) with 0 <= i < k, got {shard}")
+    if workers < 1 or (workers > 1 and count > 1):
+        raise ValueError(f"workers must be >= 1 and cannot be combined with shard, got workers={workers}, "
+                         f"shard={shard}")
     from tqdm.auto import tqdm
 
     config = config or LabConfig()
@@ -245,19 +332,40 @@ def run_lab(out_dir: str | Path, config: LabConfig | None = None, *, progress: b
                              f"or choose another output directory")
     write_json_atomic(config_path, asdict(config))
     torch.set_num_threads(config.threads)
-    jobs = [(cell, seed) for cell in grid(config) for seed in config.seeds]
-    todo = [(c, s) for c, s in jobs[index::count] if not run_file(out, c, s).is_file()]
-    log(f"lab: {len(jobs)} runs ({len(grid(config))} cells x {len(config.seeds)} seeds), {len(todo)} to do")
+    runs = [(cell, seed) for cell in grid(config) for seed in config.seeds]
+    tunes = [(job, seed) for job in tuning_jobs(config) for seed in config.tune_seeds]
+    jobs = [("tune", j, s, tune_file(out, j, s)) for j, s in tunes] + \
+           [("run", c, s, run_file(out, c, s)) for c, s in runs]
+    if workers > 1:
+        count = workers
+    todo = [job for job in jobs[index::count] if not job[3].is_file()]
+    log(f"lab: {len(tunes)} tuning runs and {len(runs)} runs ({len(grid(config))} cells x {len(config.seeds)} "
+        f"seeds), {len(todo)} to do" + (f" in this shard ({index}/{count})" if count > 1 else ""))
+    children = []
+    if workers > 1 and any(not job[3].is_file() for job in jobs):
+        lab = _Lab(out, config, log)  # the teacher and its interactions, once, before the children start
+        children = [subprocess.Popen([sys.executable, "-m", "kdi_fast.study.lab", str(out), f"{i}/{workers}"])
+                    for i in range(1, workers)]
     if todo:
-        lab = _Lab(out, config, log)
+        lab = lab if children else _Lab(out, config, log)
         mine = len(jobs[index::count])
         bar = tqdm(total=mine, initial=mine - len(todo), unit="run", desc="lab", disable=not progress,
                    dynamic_ncols=True, smoothing=0.05)
-        for cell, seed in todo:
-            bar.set_postfix_str(f"{cell.name} seed {seed}", refresh=True)
-            record = lab.run(cell, seed)
-            write_json_atomic(run_file(out, cell, seed), _finite(record))
-            shutil.rmtree(out / "work" / f"{cell.name}__seed{seed}", ignore_errors=True)
+        for kind, what, seed, path in todo:
+            bar.set_postfix_str(f"{'tune ' if kind == 'tune' else ''}{what.name} seed {seed}", refresh=True)
+            record = lab.tune(what, seed) if kind == "tune" else lab.run(what, seed)
+            write_json_atomic(path, _finite(record))
+            shutil.rmtree(out / "work" / f"{what.name}__seed{seed}", ignore_errors=True)
             bar.update(1)
         bar.close()
-    return [json.loads(run_file(out, c, s).read_text()) for c, s in jobs if run_file(out, c, s).is_file()]
+    failed = [i + 1 for i, child in enumerate(children) if child.wait() != 0]
+    if failed:
+        raise RuntimeError(f"lab shards {failed} of {workers} failed (their errors are above); rerun the same "
+                           f"command to resume")
+    return [json.loads(run_file(out, c, s).read_text()) for c, s in runs if run_file(out, c, s).is_file()]
+
+
+if __name__ == "__main__":  # one shard of run_lab(workers=k): python -m kdi_fast.study.lab OUT I/K
+    _out = Path(sys.argv[1])
+    _index, _count = (int(x) for x in sys.argv[2].split("/"))
+    run_lab(_out, _load_config(_out), progress=False, shard=(_index, _count))

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._io import write_json_atomic, write_text_atomic
 from .analysis import bootstrap_mean, findings
-from .lab import MASKINGS, LabConfig
+from .lab import MASKINGS, _load_config, chosen_lrs
 from .measure import K, MAX_SIMPLE_ORDER, SALIENT, chance_overlap
 
 __all__ = ["write_report", "calibration"]
@@ -179,14 +179,36 @@ def calibration(lab_dir: str | Path) -> dict:
     return out
 
 
+README_BEGIN, README_END = "<!-- study-findings -->", "<!-- /study-findings -->"
+
+
+def findings_table(found: dict) -> list[str]:
+    """The findings as markdown table lines: claim, effect [95% CI], verdict."""
+    return ["| claim | effect [95% CI] | verdict |", "|---|---|---|"] + [
+        f"| {f['claim']} | {_main_effect(name, f)} | **{f['verdict']}** |" for name, f in found.items()]
+
+
+def update_readme(readme: str | Path, found: dict, *, runs: int, command: str) -> None:
+    """Replace the text between README_BEGIN and README_END of `readme` by the findings table (atomically)."""
+    path = Path(readme)
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_BEGIN} ... {README_END} block; add one where the findings go")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    body = [f"Findings of the lab grid ({runs} runs, from `{command}`; effect = mean [95% bootstrap CI over seeds]; "
+            "interaction claims under pad-embedding / attention masking):", "", *findings_table(found)]
+    write_text_atomic(path, head + README_BEGIN + "\n\n" + "\n".join(body) + "\n" + README_END + tail)
+
+
 def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "", plots: bool = True) -> dict:
     """Read lab_dir's runs, write findings.json, runs.csv, cells.json, REPORT.md (and plots) to out_dir."""
     lab, out = Path(lab_dir), Path(out_dir)
     records = [json.loads(p.read_text()) for p in sorted((lab / "runs").glob("*.json"))]
     if not records:
         raise FileNotFoundError(f"no runs in {lab / 'runs'}: run `kdi study lab --out {lab}` first")
-    config = LabConfig(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in json.loads((lab / "lab_config.json").read_text()).items()})
+    config = _load_config(lab)
+    lrs = chosen_lrs(lab, config)
     out.mkdir(parents=True, exist_ok=True)
     found = findings(records, sizes=config.sizes)
     teacher = json.loads((lab / "teacher.json").read_text())
@@ -194,7 +216,8 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
     cells = _cell_table(records)
     write_json_atomic(out / "findings.json", {"findings": found, "teacher": teacher, "splits": splits,
                                               "config": json.loads((lab / "lab_config.json").read_text()),
-                                              "cells": cells, "runs": len(records)}, default=str)
+                                              "cells": cells, "runs": len(records), "learning_rates": lrs},
+                      default=str)
     rows = [_flat(r) for r in records]
     with open(out / "runs.csv.tmp", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -219,13 +242,18 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
         f"test prompts.",
         f"Teacher: {teacher['parameters']} parameters, {teacher['steps']} steps; val accuracy "
         f"{teacher['val_accuracy']:.3f}, test accuracy {teacher['test_accuracy']:.3f}.",
-        f"Students: {', '.join(config.sizes)}; {config.student_steps} steps, batch {config.student_batch}, "
-        f"lr {config.student_lr}; seeds {list(config.seeds)} (initial weights, data order, sampling, noise, CIP "
-        f"partitions). CIP: m = {config.cip_m} groups, pad-embedding masking, weights {list(config.cip_weights)}.",
+        f"Students: {', '.join(config.sizes)}; {config.student_steps} steps, batch {config.student_batch}; "
+        f"seeds {list(config.seeds)} (initial weights, data order, sampling, noise, CIP partitions). "
+        f"CIP: m = {config.cip_m} groups, pad-embedding masking, weights {list(config.cip_weights)}.",
+        f"Learning rates, chosen on val for each size and method (without CIP) among {list(config.tune_lrs)} by the "
+        f"mean val accuracy of {len(config.tune_seeds)} tuning runs (seeds {list(config.tune_seeds)}, never "
+        f"reported; ties keep {config.student_lr}); CIP, noise and T cells use their method's lr: " + "; ".join(
+            f"{key} {v['lr']:g} (val " + ", ".join(f"{lr}: {acc:.2f}" for lr, acc in v["val_accuracy"].items()) + ")"
+            for key, v in lrs.items()) + ".",
         "No-KD (sft) students, test accuracy (mean [95% CI] over seeds): " + "; ".join(
             f"{size} ({e['parameters']} parameters): {_ci(e['test_accuracy'])}"
             for size, e in calib["students"].items()) + ".",
-        "Speed on the shared 2-core CPU (median over runs; two grid processes and other jobs running): " + "; ".join(
+        "Speed on the shared 2-core CPU (median over runs; two grid processes and other jobs sharing it): " + "; ".join(
             f"{k}: {v['steps_per_second']:.1f} steps/s" for k, v in calib["speed"].items()) +
         "; engine: " + f"{np.median([v['masks_per_second'] for v in calib['speed'].values()]):.0f} masks/s "
         "(n = 8, 32 prompts, both maskings, the engine's automatic path).",
@@ -242,10 +270,8 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
         "best T = highest mean test accuracy; correlation = Spearman over the runs of one size, bootstrap over runs.",
         "- intervals: 95% percentile bootstrap over seeds of paired differences; verdict confirmed / refuted / not "
         "separable by the interval's side of 0; interaction claims judged under both maskings.",
-        "", "## Findings", "", "| claim | effect [95% CI] | verdict |", "|---|---|---|",
+        "", "## Findings", "", *findings_table(found),
     ]
-    for name, f in found.items():
-        lines.append(f"| {f['claim']} | {_main_effect(name, f)} | **{f['verdict']}** |")
     lines += ["", "## Cells (test accuracy, mean [95% CI] over seeds)", "",
               "| cell | seeds | accuracy | agreement | BLEU fidelity | Gini emb | Gini att | Overlap simple/complex emb |",
               "|---|---|---|---|---|---|---|---|"]
