@@ -84,3 +84,20 @@ def test_quick_real_tier_runs_every_cell_and_masking_resumes_and_reports(tmp_pat
     assert (out / "teacher.json").stat().st_mtime_ns == teacher_stamp
     with pytest.raises(ValueError, match="another configuration"):  # another configuration, same directory
         run_real(out, RealConfig(model="tiny", seeds=(0,)), progress=False)
+
+
+def test_a_teacher_below_its_target_stops_the_tier_and_the_report_shows_its_stages(tmp_path):
+    from dataclasses import replace
+
+    from kdi_fast.cli import main
+
+    out = tmp_path / "real"
+    config = replace(quick_config(), teacher_target=1.01, teacher_max_stages=2, teacher_stage_steps=1)
+    with pytest.raises(RuntimeError, match="below the target 1.01"):
+        run_real(out, config, progress=False, log=lambda *_: None)
+    stages = json.loads((out / "teacher_stages.json").read_text())
+    assert [s["steps"] for s in stages] == [1, 2] and all(0 <= s["val_accuracy"] < 1.01 for s in stages)
+    assert not (out / "runs").exists() and not (out / "teacher.json").exists()
+    assert main(["study", "real", "--out", str(out), "--report-only", "--no-plots"]) == 0
+    report = (out / "report" / "REPORT.md").read_text()
+    assert "partial: 0 of 10 runs" in report and "teacher stage 1: 2 steps" in report

@@ -11,8 +11,9 @@ Masking baseline "pad": SmolLM2's pad token <|im_end|> (the end of every trainin
 
 Layout of out_dir (as the lab's, kdi_fast.study.lab):
   real_config.json, splits.json
-  teacher/                    the teacher's distill() run (resumes from its checkpoints; student/ is the teacher)
-  teacher.json                the teacher's accuracy (val, test), parameters and training seconds
+  teacher/stage{k}/           the teacher's distill() runs, one per stage (each resumes from its checkpoints)
+  teacher_stages.json         val accuracy after each stage (the stopping rule: teacher_target on val)
+  teacher.json                the teacher's accuracy (val, test), parameters, steps and training seconds
   teacher_outputs.json        the teacher's greedy outputs on val and test (agreement, fidelity)
   teacher_interactions/{masking}/{i}.safetensors
   runs/{cell}__seed{s}.json   one run: accuracies, agreement, fidelity, interaction scores under both maskings
@@ -58,7 +59,9 @@ class RealConfig:
     val: int = 200
     test: int = 200
     interaction_prompts: int = 32
-    teacher_steps: int = 400
+    teacher_stage_steps: int = 50  # the teacher trains in stages (each one distill run of these steps) ...
+    teacher_max_stages: int = 8  # ... until its val accuracy reaches teacher_target, at most this many stages
+    teacher_target: float = 0.6
     teacher_lr: float = 2e-4
     teacher_batch: int = 8
     student_steps: int = 150
@@ -73,7 +76,8 @@ class RealConfig:
 def quick_config() -> RealConfig:
     """The CI grid: a tiny random Llama as the 'teacher' (SmolLM2's tokenizer), every cell, both maskings."""
     return RealConfig(model="tiny", student_layers=1, seeds=(0, 1), teacher_train=40, train=20, val=8, test=8,
-                      interaction_prompts=2, teacher_steps=2, teacher_batch=4, student_steps=2, student_batch=2,
+                      interaction_prompts=2, teacher_stage_steps=2, teacher_max_stages=1, teacher_target=0.0,
+                      teacher_batch=4, student_steps=2, student_batch=2,
                       cip_m=2, checkpoint_every=1, threads=1)
 
 
@@ -160,26 +164,46 @@ class _Real:
         self.teacher_results = {m: self._teacher_interactions(m) for m in MASKINGS}
 
     def _teacher(self):
+        """SmolLM2 fine-tuned with method sft in stages of teacher_stage_steps (each stage a distill run from the
+        previous stage's weights, with its own warm-up and decay and data-order seed) until its val accuracy
+        reaches teacher_target; raises RuntimeError when teacher_max_stages stages do not reach it."""
         c = self.config
         teacher = _base_model(c)
-        started = time.perf_counter()
-        seconds = train(teacher, self.tokenizer, self.splits.teacher_train, self.out / "teacher", method="sft",
-                        steps=c.teacher_steps, batch_size=c.teacher_batch, lr=c.teacher_lr, seed=c.data_seed,
-                        warmup_steps=max(1, c.teacher_steps // 20), max_length=MAX_LENGTH,
-                        max_new_tokens=MAX_ANSWER_TOKENS, checkpoint_every=c.checkpoint_every,
-                        validation=self.splits.val[:16])
+        stages_path = self.out / "teacher_stages.json"
+        stages = json.loads(stages_path.read_text()) if stages_path.is_file() else []
+        for k in range(c.teacher_max_stages):
+            seconds = train(teacher, self.tokenizer, self.splits.teacher_train, self.out / "teacher" / f"stage{k}",
+                            method="sft", steps=c.teacher_stage_steps, batch_size=c.teacher_batch, lr=c.teacher_lr,
+                            seed=c.data_seed + k, warmup_steps=max(1, c.teacher_stage_steps // 10),
+                            max_length=MAX_LENGTH, max_new_tokens=MAX_ANSWER_TOKENS,
+                            checkpoint_every=c.checkpoint_every, validation=self.splits.val[:16])
+            if k == len(stages):
+                val = measure.text_scores(self.splits.val, greedy_outputs(teacher, self.tokenizer, self.splits.val),
+                                          None)["accuracy"]
+                stages.append({"stage": k, "steps": (k + 1) * c.teacher_stage_steps, "train_seconds": seconds,
+                               "val_accuracy": val})
+                write_json_atomic(stages_path, stages)
+                self.log(f"teacher stage {k}: {(k + 1) * c.teacher_stage_steps} steps, val accuracy {val:.3f}")
+            if stages[k]["val_accuracy"] >= c.teacher_target:
+                break
+        else:
+            raise RuntimeError(
+                f"the teacher reached val accuracy {stages[-1]['val_accuracy']:.3f} after {len(stages)} stages of "
+                f"{c.teacher_stage_steps} steps, below the target {c.teacher_target}: the task family is too hard "
+                f"for this budget; choose an easier one (or more stages) in another output directory")
         teacher.eval()
         info_path = self.out / "teacher.json"
         if not info_path.is_file():
-            val = measure.text_scores(self.splits.val, greedy_outputs(teacher, self.tokenizer, self.splits.val), None)
             test = measure.text_scores(self.splits.test, greedy_outputs(teacher, self.tokenizer, self.splits.test),
                                        None)
-            write_json_atomic(info_path, {"model": c.model, "parameters": num_parameters(teacher),
-                                          "steps": c.teacher_steps, "batch_size": c.teacher_batch, "lr": c.teacher_lr,
-                                          "train_seconds": seconds, "step_seconds": seconds / c.teacher_steps,
-                                          "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"]})
-            self.log(f"teacher: val accuracy {val['accuracy']:.3f}, test accuracy {test['accuracy']:.3f} "
-                     f"({time.perf_counter() - started:.0f} s)")
+            seconds = sum(st["train_seconds"] for st in stages)
+            steps = len(stages) * c.teacher_stage_steps
+            write_json_atomic(info_path, {"model": c.model, "parameters": num_parameters(teacher), "steps": steps,
+                                          "stages": len(stages), "batch_size": c.teacher_batch, "lr": c.teacher_lr,
+                                          "train_seconds": seconds, "step_seconds": seconds / steps,
+                                          "val_accuracy": stages[-1]["val_accuracy"],
+                                          "test_accuracy": test["accuracy"]})
+            self.log(f"teacher: val accuracy {stages[-1]['val_accuracy']:.3f}, test accuracy {test['accuracy']:.3f}")
         return teacher
 
     def _teacher_outputs(self) -> tuple[list[str], list[str]]:
