@@ -74,18 +74,15 @@ def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
     config = quick_config()
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == len(grid(config)) * len(config.seeds)
-    # every method's lr is the one with the best mean val accuracy of its tuning runs (ties keep the default)
+    # every method's lr is the one with the lowest val answer NLL of its tuning runs (one tune seed here)
     tunes = [json.loads(p.read_text()) for p in (out / "tuning").glob("*.json")]
     assert len(tunes) == len(tuning_jobs(config)) * len(config.tune_seeds)
     for p in runs:
         r = json.loads(p.read_text())
-        val = {t["lr"]: t["val_accuracy"] for t in tunes
+        nll = {t["lr"]: t["val_nll"] for t in tunes
                if (t["size"], t["method"]) == (r["cell"]["size"], r["cell"]["method"])}
-        assert sorted(val) == sorted(config.tune_lrs)
-        best = max(val.values())
-        expected = config.student_lr if val[config.student_lr] == best else next(
-            lr for lr in config.tune_lrs if val[lr] == best)
-        assert r["config"]["lr"] == expected
+        assert sorted(nll) == sorted(config.tune_lrs)
+        assert r["config"]["lr"] == min(nll, key=nll.get)
     record = json.loads(runs[0].read_text())
     assert set(record["interactions"]) == {"embedding", "attention"}
     assert {"gini_complex", "overlap_simple", "salient_complex_overlap"} <= set(record["interactions"]["attention"])
@@ -131,3 +128,25 @@ def test_update_readme_replaces_only_the_findings_block(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="study-findings"):
         update_readme(readme, found, runs=3, command="c")
+
+
+def test_answer_nll_is_the_mean_teacher_forced_nll_of_answer_and_end_token():
+    import torch
+
+    from kdi_fast.study.measure import answer_nll
+    from kdi_fast.study.models import make_model
+
+    tok = make_tokenizer()
+    model = make_model("student_s", tok, seed=3).eval()
+    examples = [make_problem(47, 589), make_problem(3, 5), make_problem(9999, 1)]  # answers of 3, 1, 5 digits
+    total, count = 0.0, 0
+    for e in examples:
+        prompt = tok(e.prompt, add_special_tokens=False)["input_ids"]
+        answer = tok(e.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0].double().log_softmax(-1)
+        for i, token in enumerate(answer):
+            total -= logp[len(prompt) - 1 + i, token].item()
+            count += 1
+    assert answer_nll(model, tok, examples) == pytest.approx(total / count, rel=1e-5)

@@ -84,7 +84,7 @@ class LabConfig:
     teacher_batch: int = 64
     student_steps: int = 350  # chosen on val: sft val accuracy in 30-70% at both sizes
     student_lr: float = 3e-3  # the default, kept where the tuning runs tie
-    tune_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # each method's lr: the best mean val accuracy among these
+    tune_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # each method's lr: the lowest mean val answer NLL of these
     tune_seeds: tuple[int, ...] = (100, 101)  # seeds of the tuning runs (disjoint from `seeds`; never reported)
     student_batch: int = 64
     cip_m: int = 3
@@ -148,8 +148,9 @@ def tune_file(out: Path, job: TuneJob, seed: int) -> Path:
 
 
 def chosen_lrs(out_dir: str | Path, config: LabConfig) -> dict[str, dict]:
-    """{f"{size}_{method}": {"lr": chosen, "val_accuracy": {lr: mean over tune seeds}}} from the tuning runs
-    written so far; a (size, method) with a missing tuning run is left out. Ties keep config.student_lr."""
+    """{f"{size}_{method}": {"lr": chosen, "val_nll": {lr: mean}, "val_accuracy": {lr: mean}}} (means over the
+    tune seeds) from the tuning runs written so far; chosen = the lowest validation answer NLL (measure.answer_nll;
+    ties keep config.student_lr); a (size, method) with a missing tuning run is left out."""
     out, chosen = Path(out_dir), {}
     for size in config.sizes:
         for method in config.methods:
@@ -157,10 +158,12 @@ def chosen_lrs(out_dir: str | Path, config: LabConfig) -> dict[str, dict]:
             files = [[tune_file(out, j, s) for s in config.tune_seeds] for j in jobs]
             if not all(f.is_file() for fs in files for f in fs):
                 continue
-            val = {j.lr: sum(json.loads(f.read_text())["val_accuracy"] for f in fs) / len(fs)
-                   for j, fs in zip(jobs, files)}
-            best = max(val, key=lambda lr: (val[lr], lr == config.student_lr))
-            chosen[f"{size}_{method}"] = {"lr": best, "val_accuracy": {f"{lr:g}": v for lr, v in val.items()}}
+            records = {j.lr: [json.loads(f.read_text()) for f in fs] for j, fs in zip(jobs, files)}
+            nll = {lr: sum(r["val_nll"] for r in rs) / len(rs) for lr, rs in records.items()}
+            acc = {lr: sum(r["val_accuracy"] for r in rs) / len(rs) for lr, rs in records.items()}
+            best = min(nll, key=lambda lr: (nll[lr], lr != config.student_lr))
+            chosen[f"{size}_{method}"] = {"lr": best, "val_nll": {f"{lr:g}": v for lr, v in nll.items()},
+                                          "val_accuracy": {f"{lr:g}": v for lr, v in acc.items()}}
     return chosen
 
 
@@ -238,12 +241,13 @@ class _Lab:
         return student, seconds
 
     def tune(self, job: TuneJob, seed: int) -> dict:
-        """One tuning run: validation accuracy only (the test split is never touched here)."""
+        """One tuning run: validation scores only (the test split is never touched here)."""
         work = self.out / "work" / f"{job.name}__seed{seed}"
         student, seconds = self._train_student(job.size, job.method, job.lr, seed, work)
         val = measure.text_scores(self.splits.val, measure.greedy_outputs(student, self.tokenizer, self.splits.val),
                                   self.teacher_val)
         return {"size": job.size, "method": job.method, "lr": job.lr, "seed": seed, "train_seconds": seconds,
+                "val_nll": measure.answer_nll(student, self.tokenizer, self.splits.val),
                 "val_accuracy": val["accuracy"], "val_agreement": val["agreement"]}
 
     def lr_for(self, size: str, method: str) -> float:
