@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from pathlib import Path
@@ -13,7 +14,7 @@ from kdi_fast._io import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-__all__ = ["RESULTS", "results_dir", "cpu_name", "machine", "write_text_atomic"]
+__all__ = ["RESULTS", "results_dir", "cpu_name", "machine", "median_interval", "write_text_atomic"]
 
 
 def results_dir(quick: bool) -> Path:
@@ -36,3 +37,16 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "build": _backend.build_info()}
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval of the median: order statistics (k, n - 1 - k) with binomial(n, 1/2) coverage."""
+    n = len(values)
+    ordered = sorted(values)
+    best = (ordered[0], ordered[-1])
+    for k in range(n // 2):
+        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        if coverage < confidence:
+            break
+        best = (ordered[k], ordered[n - 1 - k])
+    return best

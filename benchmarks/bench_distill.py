@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -35,20 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, results_dir, write_text_atomic  # noqa: E402
-
-
-def _median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free interval of the median: order statistics (k, n - 1 - k) with binomial(n, 1/2) coverage."""
-    n = len(values)
-    ordered = sorted(values)
-    best = (ordered[0], ordered[-1])
-    for k in range(n // 2):
-        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-        if coverage < confidence:
-            break
-        best = (ordered[k], ordered[n - 1 - k])
-    return best
+from _common import machine, median_interval as _median_interval, results_dir, write_text_atomic  # noqa: E402
 
 
 def _models(quick: bool):

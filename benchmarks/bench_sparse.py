@@ -66,13 +66,14 @@ def top_k(terms, k: int) -> set:
     return {tuple(s) for s, _ in ranked[:k]}
 
 
-def run_shapiq(method: str, function, n: int, budget: int, seed: int, python: str) -> dict:
+def run_shapiq(method: str, function, n: int, budget: int, seed: int, python: str, proxy: str = "fixed") -> dict:
     """shapiq's `method` in its own process; every game call answered with kdi_fast's engine."""
     exchange = Path(tempfile.mkdtemp(prefix=f"kdi-{method}-"))
     value_seconds, answered = 0.0, 0
     started = time.perf_counter()
     process = subprocess.Popen([python, str(Path(__file__).resolve().parent / "shapiq_side.py"), "--method", method,
-                                "--n", str(n), "--budget", str(budget), "--seed", str(seed), "--dir", str(exchange)],
+                                "--n", str(n), "--budget", str(budget), "--seed", str(seed), "--dir", str(exchange),
+                                "--proxy", proxy],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while True:
@@ -112,8 +113,12 @@ def main() -> None:
     p.add_argument("--flat-sample", type=int, default=48)
     p.add_argument("--methods", default="kdi_fast,SPEX,ProxySPEX")
     p.add_argument("--shapiq-python", default=DEFAULT_SHAPIQ)
+    p.add_argument("--proxy", choices=("fixed", "hpo"), default="fixed",
+                   help="ProxySPEX's proxy: one LightGBM of its grid (fixed) or its 5-fold grid search (hpo); "
+                        "see shapiq_side.py")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
+    p.add_argument("--output", default="sparse", help="file stem under benchmarks/results (default sparse)")
     args = p.parse_args()
 
     from kdi_fast.data import load_gsm_symbolic
@@ -160,6 +165,8 @@ def main() -> None:
             exact = compute_interactions(model, tokenizer, [prompt], players=[[list(q) for q in function.players]],
                                          like=None, targets=[tokenizer.decode(function.target_ids)],
                                          progress=False)[0]
+            if list(exact.target_ids) != list(function.target_ids):
+                raise SystemExit(f"n={n}: the exact run's y* {exact.target_ids} differs from {function.target_ids}")
             subsets = [tuple(i for i in range(n) if m >> i & 1) for m in range(1 << n)]
             exact_top = top_k(list(zip(subsets, exact.interactions.tolist())), args.top_k)
         base = {"n": n, "budget": budget, "prompt_words": len(function.encoded.words),
@@ -194,7 +201,7 @@ def main() -> None:
                            trie_speedup=flat_per_mask * train.shape[0] / train_seconds,
                            token_share=tokens_run / tokens_naive, held_out_seconds=t2 - t1)
             else:
-                result = run_shapiq(method, function, n, budget, args.seed, args.shapiq_python)
+                result = run_shapiq(method, function, n, budget, args.seed, args.shapiq_python, args.proxy)
                 if "error" in result:
                     row.update(error=result["error"][-300:])
                     print(f"  {method}: error {row['error']}", flush=True)
@@ -205,18 +212,18 @@ def main() -> None:
                 row.update(masks=result["masks"], seconds_values=result["seconds_values"],
                            seconds_method=result["seconds_method"],
                            seconds_total=result["seconds_values"] + result["seconds_method"], recovered=len(terms),
-                           values_flat_seconds_estimate=flat_per_mask * result["masks"])
+                           values_flat_seconds_estimate=flat_per_mask * result["masks"], proxy=result.get("proxy"))
             row["r2_test"] = r2(test_values, predicted)
             if exact_top is not None:
                 row[f"overlap_top{args.top_k}_exact"] = len(top_k(terms, args.top_k) & exact_top) / args.top_k
             rows.append(row)
             print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                                    if k not in base), flush=True)
-            write_text_atomic(out_dir / "sparse.json", json.dumps(
+            write_text_atomic(out_dir / f"{args.output}.json", json.dumps(
                 {"command": " ".join(["python", "benchmarks/bench_sparse.py", *sys.argv[1:]]),
                  "machine": machine(), "rows": rows}, indent=1))
-    write_text_atomic(out_dir / "sparse.md", markdown(rows, args.top_k))
-    print((out_dir / "sparse.md").read_text())
+    write_text_atomic(out_dir / f"{args.output}.md", markdown(rows, args.top_k))
+    print((out_dir / f"{args.output}.md").read_text())
 
 
 def markdown(rows: list[dict], k: int) -> str:
