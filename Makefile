@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.13.0 triton==3.7.1
 EXTRAS ?= models,metrics,data,trl,bench,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench experiment study wheel clean
+.PHONY: setup demo test bench experiment study study-real wheel clean
 
 CSRC := $(shell find csrc -type f 2>/dev/null)
 
@@ -41,6 +41,10 @@ experiment: setup
 # The study's laboratory tier (issue 13): resumable; rerun to continue. Report in benchmarks/results/study.
 study: setup
 	$(PY) -m kdi_fast study lab --out runs/study-lab --workers 2 --report benchmarks/results/study
+
+# The study's real-model tier (SmolLM2 teacher; hours of CPU): resumable; rerun to continue.
+study-real: setup
+	$(PY) -m kdi_fast study real --out runs/study-real --report benchmarks/results/study/real
 
 wheel: setup
 	$(PIP) wheel --no-deps -w dist .

@@ -3,6 +3,7 @@
     kdi study lab --out runs/study-lab --workers 2  # the laboratory grid (resumable; a progress bar with ETA)
     kdi study lab --out runs/study-quick --quick  # every method and both maskings on a tiny grid (CI)
     kdi study report --lab runs/study-lab --out benchmarks/results/study
+    kdi study real --out runs/study-real --report benchmarks/results/study/real   # the SmolLM2 tier (resumable)
 
 Run `lab` again with the same --out to resume: written runs are skipped.
 """
@@ -28,6 +29,14 @@ def register(subparsers) -> None:
                      help="run every K-th job starting at I (K processes on K cores; default 0/1 = all); the "
                           "report is written by the process that finds every run done")
     lab.set_defaults(run=_lab)
+    real = sub.add_parser("real", help="run (or resume) the real-model tier (SmolLM2 teacher), then its report")
+    real.add_argument("--out", required=True, help="output directory of the runs (resumes what is there)")
+    real.add_argument("--quick", action="store_true", help="a tiny random Llama: every cell, both maskings")
+    real.add_argument("--report", default=None, help="where to write the report (default: OUT/report)")
+    real.add_argument("--no-plots", action="store_true")
+    real.add_argument("--report-only", action="store_true",
+                      help="write the (partial) report of what OUT holds now, without running anything")
+    real.set_defaults(run=_real)
     rep = sub.add_parser("report", help="write the findings of a lab directory's runs")
     rep.add_argument("--lab", required=True, help="the lab output directory")
     rep.add_argument("--out", required=True, help="report directory")
@@ -61,6 +70,27 @@ def _lab(args) -> int:
     for name, f in found.items():
         print(f"{name}: {f['verdict']}")
     return 0
+
+
+def _real(args) -> int:
+    from pathlib import Path
+
+    from ..study.real import RealConfig, quick_config, run_real
+    from ..study.real_report import write_real_report
+
+    config = quick_config() if args.quick else RealConfig()
+    status = 0
+    if not args.report_only:
+        try:
+            run_real(args.out, config, progress=sys.stderr.isatty() or not args.quick)
+        except RuntimeError as err:  # the teacher missed its target: report the calibration, then fail
+            print(f"kdi study real: {err}", file=sys.stderr)
+            status = 1
+    found = write_real_report(args.out, args.report or Path(args.out) / "report", plots=not args.no_plots,
+                              command="kdi study real --out " + args.out + (" --quick" if args.quick else ""))
+    for name, f in found.items():
+        print(f"{name}: {f['verdict']}")
+    return status
 
 
 def _report(args) -> int:
