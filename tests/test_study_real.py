@@ -4,6 +4,7 @@ writes its report."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -84,17 +85,21 @@ def test_quick_real_tier_runs_every_cell_and_masking_resumes_and_reports(tmp_pat
     assert (out / "teacher.json").stat().st_mtime_ns == teacher_stamp
     with pytest.raises(ValueError, match="another configuration"):  # another configuration, same directory
         run_real(out, RealConfig(model="tiny", seeds=(0,)), progress=False)
+    with pytest.raises(ValueError, match=r"\(student_steps differ\)"):  # runs written: students fixed too
+        run_real(out, replace(config, student_steps=3), progress=False)
 
 
 def test_a_teacher_below_its_target_stops_the_tier_and_the_report_shows_its_stages(tmp_path):
-    from dataclasses import replace
-
     from kdi_fast.cli import main
 
     out = tmp_path / "real"
     config = replace(quick_config(), teacher_target=1.01, teacher_max_stages=2, teacher_stage_steps=1)
     with pytest.raises(RuntimeError, match="below the target 1.01"):
         run_real(out, config, progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match="teacher_lr differ"):  # the teacher's settings never change
+        run_real(out, replace(config, teacher_lr=1.0), progress=False)
+    with pytest.raises(RuntimeError, match="below the target"):  # students' may, before any run: resumes
+        run_real(out, replace(config, student_steps=5), progress=False, log=lambda *_: None)
     stages = json.loads((out / "teacher_stages.json").read_text())
     assert [s["steps"] for s in stages] == [1, 2] and all(0 <= s["val_accuracy"] < 1.01 for s in stages)
     assert not (out / "runs").exists() and not (out / "teacher.json").exists()

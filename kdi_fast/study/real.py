@@ -45,6 +45,10 @@ MAX_ANSWER_TOKENS = 10  # SmolLM2 tokens of the longest answer ("1 9 9 9 8": 5 d
 MAX_LENGTH = 32  # prompt (at most 17 tokens), newline and answer
 
 
+STUDENT_FIELDS = ("student_layers", "methods", "cip_weight", "cip_methods", "seeds", "student_steps", "student_lr",
+                  "student_batch", "cip_m", "cip_batch_share")
+
+
 @dataclass(frozen=True)
 class RealConfig:
     model: str = "smollm2"  # the teacher's base model (kdi_fast.models.load_model); "tiny" for --quick
@@ -278,9 +282,13 @@ def run_real(out_dir: str | Path, config: RealConfig | None = None, *, progress:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "real_config.json"
-    if config_path.is_file() and json.loads(config_path.read_text()) != json.loads(json.dumps(asdict(config))):
-        raise ValueError(f"{out} holds a real-tier run with another configuration; resume it with the same options "
-                         f"or choose another output directory")
+    if config_path.is_file():
+        old, new = json.loads(config_path.read_text()), json.loads(json.dumps(asdict(config)))
+        changed = sorted(k for k in new if old.get(k) != new[k])
+        # the students' settings may still change (chosen on val) while no student run is written; the teacher's never
+        if changed and (any((out / "runs").glob("*.json")) or not set(changed) <= set(STUDENT_FIELDS)):
+            raise ValueError(f"{out} holds a real-tier run with another configuration ({', '.join(changed)} differ); "
+                             f"resume it with the same options or choose another output directory")
     write_json_atomic(config_path, asdict(config))
     torch.set_num_threads(config.threads)
     jobs = [(cell, seed) for cell in cells(config) for seed in config.seeds]

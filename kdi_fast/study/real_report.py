@@ -56,13 +56,20 @@ def calibration(real_dir: str | Path) -> dict:
             ("masks_per_second", lambda r: np.mean(list(r["masks_per_second"].values()))),
             ("run_seconds", lambda r: r["train_seconds"] + r["eval_seconds"]))}
     stages = read(real / "teacher_stages.json", [])
+    in_progress = None  # the stage being trained: its last logged step (a killed or running run resumes there)
+    log = real / "teacher" / f"stage{len(stages)}" / "train_log.jsonl"
+    if log.is_file() and log.read_text().strip():
+        last = json.loads(log.read_text().strip().splitlines()[-1])
+        in_progress = {"stage": len(stages), "step": last.get("step"), "of": config.teacher_stage_steps,
+                       "seconds": last.get("seconds"), "loss": last.get("loss")}
     projected = None
     if speed and runs:
         per_run = float(np.median([v["run_seconds"] for v in runs.values()]))
         total = (sum(st["train_seconds"] for st in stages) + sum(v["seconds"] for v in speed.values())
                  + per_run * len(cells(config)) * len(config.seeds))
         projected = total / 3600
-    return {"teacher": read(real / "teacher.json", None), "teacher_stages": stages, "teacher_interactions": speed,
+    return {"teacher": read(real / "teacher.json", None), "teacher_stages": stages,
+            "teacher_stage_in_progress": in_progress, "teacher_interactions": speed,
             "runs": runs, "projected_hours": projected, "splits": read(real / "splits.json", None)}
 
 
@@ -138,6 +145,10 @@ def write_real_report(real_dir: str | Path, out_dir: str | Path, *, command: str
     lines += ["## Calibration (calibration.json)", ""]
     lines += [f"- teacher stage {st['stage']}: {st['steps']} steps, val accuracy {st['val_accuracy']:.3f}, "
               f"{st['train_seconds']:.0f} s" for st in calib["teacher_stages"]]
+    if calib["teacher_stage_in_progress"]:
+        p = calib["teacher_stage_in_progress"]
+        lines.append(f"- teacher stage {p['stage']} in progress: step {p['step']} of {p['of']} after {p['seconds']:.0f} s "
+                     f"(training loss {p['loss']:.3f} nats per answer token)")
     lines += [f"- teacher interactions ({m}): {v['masks']} masks in {v['seconds']:.0f} s" for m, v in speed.items()]
     lines += [f"- {name}: {v['train_seconds']:.0f} s training ({v['steps_per_second']:.3f} steps/s), "
               f"{v['masks_per_second']:.1f} masks/s (median over runs)" for name, v in calib["runs"].items()]
