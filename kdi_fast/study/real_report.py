@@ -61,7 +61,7 @@ def calibration(real_dir: str | Path) -> dict:
     if log.is_file() and log.read_text().strip():
         last = json.loads(log.read_text().strip().splitlines()[-1])
         in_progress = {"stage": len(stages), "step": last.get("step"), "of": config.teacher_stage_steps,
-                       "seconds": last.get("seconds"), "loss": last.get("loss")}
+                       "last_step_seconds": last.get("seconds"), "loss": last.get("loss")}
     projected = None
     if speed and runs:
         per_run = float(np.median([v["run_seconds"] for v in runs.values()]))
@@ -147,8 +147,9 @@ def write_real_report(real_dir: str | Path, out_dir: str | Path, *, command: str
               f"{st['train_seconds']:.0f} s" for st in calib["teacher_stages"]]
     if calib["teacher_stage_in_progress"]:
         p = calib["teacher_stage_in_progress"]
-        lines.append(f"- teacher stage {p['stage']} in progress: step {p['step']} of {p['of']} after {p['seconds']:.0f} s "
-                     f"(training loss {p['loss']:.3f} nats per answer token)")
+        lines.append(f"- teacher stage {p['stage']} in progress: step {p['step']} of {p['of']} (last step "
+                     f"{p['last_step_seconds']:.0f} s on the shared CPU; "
+                     f"training loss {p['loss']:.3f} nats per answer token)")
     lines += [f"- teacher interactions ({m}): {v['masks']} masks in {v['seconds']:.0f} s" for m, v in speed.items()]
     lines += [f"- {name}: {v['train_seconds']:.0f} s training ({v['steps_per_second']:.3f} steps/s), "
               f"{v['masks_per_second']:.1f} masks/s (median over runs)" for name, v in calib["runs"].items()]
