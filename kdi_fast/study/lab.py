@@ -304,9 +304,14 @@ def run_file(out: Path, cell: Cell, seed: int) -> Path:
     return out / "runs" / f"{cell.name}__seed{seed}.json"
 
 
+def read_config(cls, path: Path):
+    """The frozen config dataclass `cls` written as JSON at `path` (its lists back to tuples)."""
+    raw = json.loads(Path(path).read_text())
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
 def _load_config(out: Path) -> LabConfig:
-    raw = json.loads((out / "lab_config.json").read_text())
-    return LabConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    return read_config(LabConfig, out / "lab_config.json")
 
 
 def run_lab(out_dir: str | Path, config: LabConfig | None = None, *, progress: bool = True,
@@ -345,13 +350,13 @@ def run_lab(out_dir: str | Path, config: LabConfig | None = None, *, progress: b
     todo = [job for job in jobs[index::count] if not job[3].is_file()]
     log(f"lab: {len(tunes)} tuning runs and {len(runs)} runs ({len(grid(config))} cells x {len(config.seeds)} "
         f"seeds), {len(todo)} to do" + (f" in this shard ({index}/{count})" if count > 1 else ""))
-    children = []
+    lab, children = None, []
     if workers > 1 and any(not job[3].is_file() for job in jobs):
         lab = _Lab(out, config, log)  # the teacher and its interactions, once, before the children start
         children = [subprocess.Popen([sys.executable, "-m", "kdi_fast.study.lab", str(out), f"{i}/{workers}"])
                     for i in range(1, workers)]
     if todo:
-        lab = lab if children else _Lab(out, config, log)
+        lab = lab or _Lab(out, config, log)
         mine = len(jobs[index::count])
         bar = tqdm(total=mine, initial=mine - len(todo), unit="run", desc="lab", disable=not progress,
                    dynamic_ncols=True, smoothing=0.05)

@@ -9,7 +9,6 @@ separate methods, and the report says so rather than reading a verdict into them
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -17,10 +16,10 @@ import numpy as np
 
 from .._io import write_json_atomic, write_text_atomic
 from .analysis import findings
-from .lab import MASKINGS
+from .lab import MASKINGS, read_config
 from .measure import K, MAX_SIMPLE_ORDER, SALIENT, chance_overlap
 from .real import RealConfig, cells
-from .report import _cell_table, _ci, _flat, _fmt, _main_effect, _plots
+from .report import _cell_table, _ci, _fmt, _main_effect, _plots, write_runs_csv
 
 __all__ = ["write_real_report", "REAL_CLAIMS"]
 
@@ -31,8 +30,7 @@ _MIN_SEEDS = 3  # fewer seeds: bootstrap intervals over seeds cannot separate me
 
 
 def _load_config(real_dir: Path) -> RealConfig:
-    raw = json.loads((real_dir / "real_config.json").read_text())
-    return RealConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    return read_config(RealConfig, real_dir / "real_config.json")
 
 
 def calibration(real_dir: str | Path) -> dict:
@@ -109,12 +107,7 @@ def write_real_report(real_dir: str | Path, out_dir: str | Path, *, command: str
         write_text_atomic(runs_out / p.name, p.read_text())
     write_json_atomic(out / "calibration.json", calib)
     if records:
-        rows = [_flat(r) for r in records]
-        with open(out / "runs.csv.tmp", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        (out / "runs.csv.tmp").rename(out / "runs.csv")
+        write_runs_csv(records, out / "runs.csv")
     figures = _plots(records, everything, out, [size]) if plots and records else []
 
     chance = chance_overlap(8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -179,6 +180,16 @@ def calibration(lab_dir: str | Path) -> dict:
     return out
 
 
+def write_runs_csv(records, path: Path) -> None:
+    """One row per run (the flattened record), written atomically."""
+    rows = [_flat(r) for r in records]
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
 README_BEGIN, README_END = "<!-- study-findings -->", "<!-- /study-findings -->"
 
 
@@ -218,12 +229,7 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
                                               "config": json.loads((lab / "lab_config.json").read_text()),
                                               "cells": cells, "runs": len(records), "learning_rates": lrs},
                       default=str)
-    rows = [_flat(r) for r in records]
-    with open(out / "runs.csv.tmp", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "runs.csv.tmp").rename(out / "runs.csv")
+    write_runs_csv(records, out / "runs.csv")
     figures = _plots(records, found, out, config.sizes) if plots else []
     calib = calibration(lab)
     write_json_atomic(out / "calibration.json", calib)
