@@ -116,6 +116,9 @@ def main() -> None:
     p.add_argument("--proxy", choices=("fixed", "hpo"), default="fixed",
                    help="ProxySPEX's proxy: one LightGBM of its grid (fixed) or its 5-fold grid search (hpo); "
                         "see shapiq_side.py")
+    p.add_argument("--design", choices=("uniform", "forest"), default="uniform",
+                   help="kdi_fast's training masks: uniformly random (compute_interactions' choice) or the "
+                        "prefix-sharing forest (engine.sparse.design_masks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
     p.add_argument("--output", default="sparse", help="file stem under benchmarks/results (default sparse)")
@@ -179,7 +182,9 @@ def main() -> None:
             if method == "kdi_fast":
                 order = segment_bounds(function.seq.owner, n)[1]
                 held = held_out_count(budget)
-                train = design_masks(n, budget - held, torch.Generator().manual_seed(args.seed), order)
+                g = torch.Generator().manual_seed(args.seed)
+                train = (design_masks(n, budget - held, g, order) if args.design == "forest"
+                         else uniform_masks(n, budget - held, g))
                 held_masks = uniform_masks(n, held, torch.Generator().manual_seed(args.seed + 1))
                 before = dict(function.stats.as_dict())
                 t0 = time.perf_counter()
@@ -194,7 +199,7 @@ def main() -> None:
                 fit_seconds = time.perf_counter() - t2
                 terms = list(zip(rec.subsets, rec.interactions.tolist()))
                 predicted = rec.predict(test).numpy()
-                row.update(masks=budget, seconds_values=t2 - t0, seconds_method=fit_seconds,
+                row.update(masks=budget, design=args.design, seconds_values=t2 - t0, seconds_method=fit_seconds,
                            seconds_total=t2 - t0 + fit_seconds, r2_own_held_out=rec.r2_held_out,
                            recovered=len(terms), train_seconds=train_seconds,
                            train_flat_seconds_estimate=flat_per_mask * train.shape[0],

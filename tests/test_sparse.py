@@ -44,6 +44,27 @@ def test_recovers_known_sparse_games_exactly(n, k, budget, design):
     assert rec.train_masks + rec.held_out_masks == budget
 
 
+def test_lasso_beats_matching_pursuit_on_many_small_effects():
+    """A v like a real model's (8 large terms, every pair with a small effect, noise): matching pursuit does not
+    fit it exactly, so recover() uses the cross-validated Lasso, whose held-out R^2 (against the noise-free game)
+    is higher than matching pursuit's on the same masks (measured 0.98 vs 0.96)."""
+    from kdi_fast.engine.sparse import _matching_pursuit
+
+    n = 20
+    subsets, c = sparse_game(n, 8, seed=1, max_order=2)
+    g = torch.Generator().manual_seed(1)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    subsets, c = subsets + pairs, torch.cat([c, 0.1 * torch.randn(len(pairs), generator=g, dtype=torch.float64)])
+    train, test = uniform_masks(n, 300, g), uniform_masks(n, 300, g)
+    y = predict(subsets, c, train) + 0.3 * torch.randn(300, generator=g, dtype=torch.float64)
+    rec = recover(train, y, test, predict(subsets, c, test), max_order=2)
+    terms, w, _, _ = _matching_pursuit(train.double() * 2 - 1, y, 2, 0, 200)
+    pursuit = fourier_features(test.double() * 2 - 1, terms) @ w
+    truth = predict(subsets, c, test)
+    r2_pursuit = 1 - float(((truth - pursuit) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
+    assert rec.converged and rec.r2_held_out > r2_pursuit + 0.01 and rec.r2_held_out > 0.97
+
+
 def test_fourier_to_harsanyi_is_the_moebius_transform():
     """A random degree-3 polynomial in z = 2x - 1 on n = 6: its Harsanyi terms equal mobius(v over all masks)."""
     n = 6

@@ -12,8 +12,7 @@ import time
 import torch
 from torch import nn
 
-from .scheduler import segment_bounds
-from .sparse import (DEFAULT_MAX_ORDER, DEFAULT_MIN_R2, check_budget, design_masks, held_out_count, recover, report,
+from .sparse import (DEFAULT_MAX_ORDER, DEFAULT_MIN_R2, check_budget, held_out_count, recover, report,
                      uniform_masks)
 from .sparse_result import SparseInteractionResult
 from .value import DEFAULT_EPS
@@ -80,9 +79,9 @@ def _one(function: ValueFunction, budget: int, max_order: int, seed: int, min_r2
          progress: bool) -> SparseInteractionResult:
     n = function.n
     held = held_out_count(budget)
-    order = segment_bounds(function.seq.owner, n)[1]
     generator = torch.Generator().manual_seed(seed)
-    train_masks = design_masks(n, budget - held, generator, order)
+    # uniformly random training masks: on SmolLM2 (n = 64) the prefix-sharing forest cost held-out R^2 (sparse.py)
+    train_masks = uniform_masks(n, budget - held, generator)
     held_masks = uniform_masks(n, held, torch.Generator().manual_seed(seed + 1_000_003))
     started = time.perf_counter()
     train_values = function(train_masks, progress=progress)
@@ -95,7 +94,7 @@ def _one(function: ValueFunction, budget: int, max_order: int, seed: int, min_r2
     report(recovery, min_r2=min_r2, strict=strict)
     settings = {**function.settings, "method": "sparse", "budget": budget, "max_order": max_order, "seed": seed,
                 "train_masks": recovery.train_masks, "held_out_masks": recovery.held_out_masks,
-                "held_out_in_budget": True, "design": "prefix-sharing forest", "min_r2": min_r2}
+                "held_out_in_budget": True, "design": "uniform", "min_r2": min_r2}
     stats = {"r2_train": recovery.r2_train, "rounds": recovery.iterations, "fourier_terms": recovery.fourier_terms,
              "converged": recovery.converged, "seconds_values": evaluated, "seconds_fit": fitted,
              "train_token_forwards": train_stats.get("token_forwards", 0),
