@@ -66,6 +66,14 @@ def test_grid_has_every_method_with_and_without_cip_and_the_sweeps():
     assert len(names) == len(cells)
 
 
+def test_student_steps_are_given_per_size():
+    from kdi_fast.study.lab import LabConfig
+
+    assert [LabConfig().steps_for(size) for size in LabConfig().sizes] == list(LabConfig().student_steps)
+    with pytest.raises(ValueError, match="one value per size"):
+        LabConfig(student_steps=(350,))
+
+
 def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
     from kdi_fast.cli import main
 
@@ -83,6 +91,8 @@ def test_quick_lab_runs_every_method_and_masking_and_resumes(tmp_path, capsys):
                if (t["size"], t["method"]) == (r["cell"]["size"], r["cell"]["method"])}
         assert sorted(nll) == sorted(config.tune_lrs)
         assert r["config"]["lr"] == min(nll, key=nll.get)
+        assert r["config"]["steps"] == config.steps_for(r["cell"]["size"]) == {"student_s": 2, "student_m": 3}[
+            r["cell"]["size"]]
     record = json.loads(runs[0].read_text())
     assert set(record["interactions"]) == {"embedding", "attention"}
     assert {"gini_complex", "overlap_simple", "salient_complex_overlap"} <= set(record["interactions"]["attention"])

@@ -106,3 +106,22 @@ def test_a_teacher_below_its_target_stops_the_tier_and_the_report_shows_its_stag
     assert main(["study", "real", "--out", str(out), "--report-only", "--no-plots"]) == 0
     report = (out / "report" / "REPORT.md").read_text()
     assert "partial: 0 of 10 runs" in report and "teacher stage 1: 2 steps" in report
+
+
+def test_a_raised_teacher_target_trains_on_and_recomputes_what_the_teacher_made(tmp_path):
+    """teacher_target may change until a student run is written: the stages done stay, and a teacher with another
+    number of stages gets its teacher.json, outputs and interactions recomputed."""
+    out = tmp_path / "real"
+    config = replace(quick_config(), teacher_target=0.0, teacher_max_stages=2, teacher_stage_steps=1, seeds=())
+    run_real(out, config, progress=False, log=lambda *_: None)
+    assert json.loads((out / "teacher.json").read_text())["stages"] == 1
+    stamp = (out / "teacher_outputs.json").stat().st_mtime_ns
+    stages = json.loads((out / "teacher_stages.json").read_text())
+    stages[0]["val_accuracy"] = -1.0  # stage 0 now misses the target, so the teacher trains one stage more
+    (out / "teacher_stages.json").write_text(json.dumps(stages))
+    run_real(out, replace(config, teacher_target=-0.5), progress=False, log=lambda *_: None)
+    info = json.loads((out / "teacher.json").read_text())
+    assert info["stages"] == 2 and info["steps"] == 2
+    assert info["val_accuracy"] == json.loads((out / "teacher_stages.json").read_text())[1]["val_accuracy"]
+    assert (out / "teacher_outputs.json").stat().st_mtime_ns != stamp
+    assert len(list((out / "teacher_interactions" / "embedding").glob("*.safetensors"))) == 2

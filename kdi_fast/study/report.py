@@ -248,7 +248,8 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
         f"test prompts.",
         f"Teacher: {teacher['parameters']} parameters, {teacher['steps']} steps; val accuracy "
         f"{teacher['val_accuracy']:.3f}, test accuracy {teacher['test_accuracy']:.3f}.",
-        f"Students: {', '.join(config.sizes)}; {config.student_steps} steps, batch {config.student_batch}; "
+        f"Students: {', '.join(f'{z} {config.steps_for(z)} steps' for z in config.sizes)}, "
+        f"batch {config.student_batch}; "
         f"seeds {list(config.seeds)} (initial weights, data order, sampling, noise, CIP partitions). "
         f"CIP: m = {config.cip_m} groups, pad-embedding masking, weights {list(config.cip_weights)}.",
         f"Learning rates, chosen on val for each size and method (without CIP) among {list(config.tune_lrs)} by the "
