@@ -23,7 +23,7 @@ def tok():
 
 def test_cells_are_sft_then_kd_and_gkd_without_and_with_cip():
     names = [c.name for c in cells(RealConfig())]
-    assert names == ["layers6_sft", "layers6_kd", "layers6_kd_cip0.1", "layers6_gkd", "layers6_gkd_cip0.1"]
+    assert names == ["layers15_sft", "layers15_kd", "layers15_kd_cip0.1", "layers15_gkd", "layers15_gkd_cip0.1"]
 
 
 def test_interactions_score_the_sequence_the_model_is_trained_on(tok):
