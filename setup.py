@@ -112,7 +112,7 @@ setup(
     package_data={"kdi_fast": ["data/*"]},
     ext_modules=[CMakeExtension("kdi_fast._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["torch>=2.4", "numpy", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "tqdm", "scikit-learn"],
     extras_require={
         "triton": ["triton"],
         "models": ["transformers>=4.46", "safetensors", "accelerate", "gguf", "sentencepiece", "regex"],
