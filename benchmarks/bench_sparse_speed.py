@@ -1,19 +1,28 @@
-"""The mask trie against independent full forwards, on the masks the sparse recovery evaluates (issue 14's 3x goal).
+"""The engine against independent full forwards, on the masks the sparse recovery evaluates (issue 14's 3x goal).
 
-    python benchmarks/bench_sparse_speed.py --layers 4 --n 32 --budgets 1000,4000 --rounds 7
+    python benchmarks/bench_sparse_speed.py --layers 2 --n 64 --budgets 1000 --rounds 5 --output sparse_speed_uniform
 
-For each budget Q: the training masks compute_interactions(method="sparse", budget=Q) draws for a prompt of n
-players (engine.sparse.design_masks: the prefix-sharing forest; the held-out masks, uniformly random and shared
-by no design, are left out). The same masks are evaluated by the same prepared value function twice per round:
-path "prefix_tree" (the trie of engine.values) and path "flat" (every mask an independent full forward), in
-alternating order (trie then flat, flat then trie, ...), in one process. The ratio of a round is its flat seconds
-over its trie seconds; reported: the median ratio over the rounds with a distribution-free 95% interval (order
-statistics of the binomial(R, 1/2)), the token share (positions the trie ran over positions of independent
-forwards), the branching of the design, and that both paths return the same values.
+For each budget Q: the masks compute_interactions(method="sparse", budget=Q) evaluates for a prompt of n players
+(--design uniform, the default and what method="sparse" draws: its uniformly random training masks and its
+uniformly random held-out masks, the same seeds; --design forest: engine.sparse.design_masks's prefix-sharing
+training masks only). Timed per round, in one process, the order rotated every round:
 
-Model: SmolLM2-135M-Instruct cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic
-problem (seed 0) with n usable words, y* = --target-tokens greedy tokens, embedding masking. Writes
-benchmarks/results/sparse_speed.json (or results/quick with --quick).
+- engine: the prepared value function (path auto: the mask trie, target-only LM head, memory-budgeted batches);
+- flat: the same value function with path="flat" (every mask an independent forward, still batched and with the
+  target-only head);
+- hf_batch<B>: what SPEX's code does: every mask an independent forward of the Hugging Face model, the full LM
+  head over all positions (model(...).logits), B masks per forward;
+- hf_batch1: the same, one mask per forward.
+
+flat and the hf_* paths cost the same per mask whatever the mask set, so each round times them on --sample masks
+(a fresh random sample per round) and scales to all masks; the engine always runs every mask (its sharing
+depends on the whole set). A round's ratio is (path seconds) / (engine seconds); reported: the median ratio over
+rounds with a distribution-free 95% interval (order statistics of binomial(R, 1/2)), the token share of the trie,
+and the largest difference of each path's values from the engine's on the sampled masks.
+
+Model: SmolLM2-135M-Instruct
+cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic problem (seed 0) with n usable
+words, y* = --target-tokens greedy tokens, embedding masking. Writes benchmarks/results/<--output>.json.
 """
 
 from __future__ import annotations
@@ -32,24 +41,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median_interval, results_dir, write_text_atomic  # noqa: E402
 
 
+def hf_values(function, masks: torch.Tensor, batch: int) -> torch.Tensor:
+    """v(x_T) [M] by independent full forwards of the Hugging Face model: full logits at every position, B masks
+    per forward (what SPEX's value functions do), then log p(y*) at the prediction positions."""
+    from kdi_fast.engine.value import values_from_logprobs
+
+    model, seq = function.model, function.seq
+    prediction = torch.tensor(function.prediction)
+    out = []
+    with torch.no_grad():
+        for start in range(0, masks.shape[0], batch):
+            chunk = masks[start:start + batch]
+            logits = model(**seq.full_inputs(chunk), use_cache=False).logits  # [B, T, V]: the full head
+            logprobs = torch.log_softmax(logits[:, prediction].double(), dim=-1)
+            out.append(logprobs.gather(2, function.target[None, :, None].expand(chunk.shape[0], -1, 1))[..., 0])
+    return values_from_logprobs(torch.cat(out), eps=function.eps)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=32)
-    p.add_argument("--budgets", default="1000,4000", help="comma-separated budgets Q")
-    p.add_argument("--layers", type=int, default=4, help="layers of the SmolLM2 student (30 = the full model)")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--budgets", default="1000", help="comma-separated budgets Q")
+    p.add_argument("--layers", type=int, default=2, help="layers of the SmolLM2 student (30 = the full model)")
     p.add_argument("--target-tokens", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--sample", type=int, default=64, help="masks per round for the flat and hf_* paths")
+    p.add_argument("--hf-batch", type=int, default=32, help="masks per forward of hf_batch<B>")
+    p.add_argument("--design", choices=("uniform", "forest"), default="uniform")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="sparse_speed", help="file stem under benchmarks/results")
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
     args = p.parse_args()
     if args.rounds < 2:
-        raise SystemExit("--rounds must be at least 2 (one of each order)")
+        raise SystemExit("--rounds must be at least 2")
 
     from kdi_fast.data import load_gsm_symbolic
     from kdi_fast.engine import ValueFunction
     from kdi_fast.engine.players import choose_players, encode_prompt
     from kdi_fast.engine.scheduler import segment_bounds
-    from kdi_fast.engine.sparse import default_branching, design_masks, held_out_count
+    from kdi_fast.engine.sparse import default_branching, design_masks, held_out_count, uniform_masks
     from kdi_fast.models import load_model, load_tokenizer, student_from_teacher
 
     tokenizer = load_tokenizer("smollm2")
@@ -62,51 +92,68 @@ def main() -> None:
                  default=None)
     if prompt is None:
         raise SystemExit(f"no gsm_symbolic problem with {n} usable words; lower --n")
-    trie = ValueFunction.prepare(model, tokenizer, prompt, n_players=n, max_target_tokens=args.target_tokens,
-                                 exact_players=True, path="prefix_tree")
-    flat = ValueFunction.prepare(model, tokenizer, prompt, players=[list(q) for q in trie.players],
-                                 target_ids=trie.target_ids, path="flat")
-    order = segment_bounds(trie.seq.owner, n)[1]
-    out = results_dir(args.quick) / "sparse_speed.json"
+    engine = ValueFunction.prepare(model, tokenizer, prompt, n_players=n, max_target_tokens=args.target_tokens,
+                                   exact_players=True)
+    flat = ValueFunction.prepare(model, tokenizer, prompt, players=[list(q) for q in engine.players],
+                                 target_ids=engine.target_ids, path="flat")
+    order = segment_bounds(engine.seq.owner, n)[1]
+    out = results_dir(args.quick) / f"{args.output}.json"
+    paths = ["engine", "flat", f"hf_batch{args.hf_batch}", "hf_batch1"]
     rows = []
     for budget in (int(b) for b in args.budgets.split(",") if b.strip()):
-        count = budget - held_out_count(budget)
-        masks = design_masks(n, count, torch.Generator().manual_seed(args.seed), order)
-        trie(masks[:8]), flat(masks[:8])  # warm-up: first-call allocations out of the timed rounds
-        seconds = {"trie": [], "flat": []}
-        before = dict(trie.stats.as_dict())
+        held = held_out_count(budget)
+        if args.design == "uniform":  # exactly what compute_sparse_interactions draws (seed args.seed)
+            masks = torch.cat([uniform_masks(n, budget - held, torch.Generator().manual_seed(args.seed)),
+                               uniform_masks(n, held, torch.Generator().manual_seed(args.seed + 1_000_003))])
+        else:
+            masks = design_masks(n, budget - held, torch.Generator().manual_seed(args.seed), order)
+        count = masks.shape[0]
+        sample_size = min(args.sample, count)
+        engine(masks[:8]), flat(masks[:8]), hf_values(engine, masks[:2], 2)  # warm-up, out of the timed rounds
+        seconds = {name: [] for name in paths}
+        differences = {name: 0.0 for name in paths[1:]}
+        before = dict(engine.stats.as_dict())
         load = [os.getloadavg()[0]]
+        sampler = torch.Generator().manual_seed(args.seed + 99)
         for r in range(args.rounds):
-            for name in (("trie", "flat") if r % 2 == 0 else ("flat", "trie")):
-                function = trie if name == "trie" else flat
+            sample = masks[torch.randperm(count, generator=sampler)[:sample_size]]
+            rotated = paths[r % len(paths):] + paths[:r % len(paths)]
+            results = {}
+            for name in rotated:
                 t0 = time.perf_counter()
-                values = function(masks)
-                seconds[name].append(time.perf_counter() - t0)
-                if name == "trie":
-                    trie_values = values
+                if name == "engine":
+                    results[name] = engine(masks)
+                elif name == "flat":
+                    results[name] = flat(sample)
                 else:
-                    flat_values = values
+                    results[name] = hf_values(engine, sample, 1 if name == "hf_batch1" else args.hf_batch)
+                elapsed = time.perf_counter() - t0
+                seconds[name].append(elapsed if name == "engine" else elapsed * count / sample_size)
+            reference = engine(sample)
+            for name in paths[1:]:
+                differences[name] = max(differences[name], float((results[name] - reference).abs().max()))
             load.append(os.getloadavg()[0])
-            print(f"Q={budget} round {r}: trie {seconds['trie'][-1]:.1f} s, flat {seconds['flat'][-1]:.1f} s, "
-                  f"ratio {seconds['flat'][-1] / seconds['trie'][-1]:.2f}", flush=True)
-        ratios = [f / t for f, t in zip(seconds["flat"], seconds["trie"])]
-        low, high = median_interval(ratios)
-        tokens = trie.stats.token_forwards - before["token_forwards"]
-        naive = trie.stats.naive_token_forwards - before["naive_token_forwards"]
-        rows.append({"n": n, "budget": budget, "masks": count, "distinct_masks": int(torch.unique(masks, dim=0).shape[0]),
-                     "branching": default_branching(n, count), "rounds": args.rounds,
-                     "ratio_median": statistics.median(ratios), "ratio_interval95": [low, high], "ratios": ratios,
-                     "trie_seconds": seconds["trie"], "flat_seconds": seconds["flat"],
-                     "token_share": tokens / naive, "forwards_per_round": None,
-                     "max_abs_difference": float((trie_values - flat_values).abs().max()),
-                     "load_average_1min": load})
-        rows[-1]["forwards_per_round"] = (trie.stats.forwards - before["forwards"]) / args.rounds
-        print(f"Q={budget}: {count} masks, b={rows[-1]['branching']}, trie {statistics.median(ratios):.2f}x faster "
-              f"[{low:.2f}, {high:.2f}], token share {tokens / naive:.3f}", flush=True)
+            print(f"Q={budget} round {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), flush=True)
+        engine_stats = {k: engine.stats.as_dict()[k] - before[k] for k in ("token_forwards", "naive_token_forwards")}
+        row = {"n": n, "budget": budget, "design": args.design, "masks": count,
+               "distinct_masks": int(torch.unique(masks, dim=0).shape[0]), "rounds": args.rounds,
+               "sample": sample_size, "hf_batch": args.hf_batch,
+               "branching": default_branching(n, count) if args.design == "forest" else None,
+               "seconds": seconds, "ratios": {}, "max_abs_difference": differences, "load_average_1min": load}
+        # the engine also ran `reference` (the sample) each round: its token counts include those, out of the share
+        row["token_share_including_samples"] = engine_stats["token_forwards"] / engine_stats["naive_token_forwards"]
+        for name in paths[1:]:
+            ratios = [a / b for a, b in zip(seconds[name], seconds["engine"])]
+            low, high = median_interval(ratios)
+            row["ratios"][name] = {"median": statistics.median(ratios), "interval95": [low, high], "all": ratios}
+        rows.append(row)
+        print(f"Q={budget}: {count} masks; engine {statistics.median(seconds['engine']):.1f} s; " + "; ".join(
+            f"{k} {v['median']:.2f}x [{v['interval95'][0]:.2f}, {v['interval95'][1]:.2f}]"
+            for k, v in row["ratios"].items()), flush=True)
         write_text_atomic(out, json.dumps({
             "command": " ".join(["python", "benchmarks/bench_sparse_speed.py", *sys.argv[1:]]), "machine": machine(),
             "model": f"SmolLM2-135M-Instruct, {model.config.num_hidden_layers} layers", "prompt": prompt,
-            "prompt_tokens": len(trie.seq), "players": n, "rows": rows}, indent=1))
+            "prompt_tokens": len(engine.seq), "players": n, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
