@@ -277,7 +277,7 @@ class _Lab:
         return found["lr"]
 
     def run(self, cell: Cell, seed: int) -> dict:
-        c, tok = self.config, self.tokenizer
+        c, tok, steps = self.config, self.tokenizer, self.config.steps_for(cell.size)
         work = self.out / "work" / f"{cell.name}__seed{seed}"
         lr = self.lr_for(cell.size, cell.method)
         student, seconds = self._train_student(cell.size, cell.method, lr, seed, work, temperature=cell.temperature,
@@ -300,8 +300,8 @@ class _Lab:
                   "val_accuracy": val["accuracy"], "val_agreement": val["agreement"],
                   "test_accuracy": test["accuracy"], "test_agreement": test["agreement"],
                   "test_fidelity": test["fidelity"], "interactions": interactions, "order_strength": profiles,
-                  "masks_per_second": masks_per_second, "steps_per_second": c.steps_for(cell.size) / max(seconds, 1e-9),
-                  "config": {"steps": c.steps_for(cell.size), "lr": lr, "batch_size": c.student_batch,
+                  "masks_per_second": masks_per_second, "steps_per_second": steps / max(seconds, 1e-9),
+                  "config": {"steps": steps, "lr": lr, "batch_size": c.student_batch,
                              "cip_m": c.cip_m, "cip_batch_share": c.cip_batch_share}}
         return record
 
