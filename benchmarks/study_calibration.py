@@ -27,7 +27,9 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -51,8 +53,20 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
-def _lab_setup(size: str):
-    """(make_student(seed), tokenizer, splits, batch, train options, greedy) of the lab tier."""
+@dataclass
+class _Setup:
+    """What one tier's sft students need: a fresh student per seed, the tokenizer, the splits, the batch size,
+    extra options of `train`, and the tier's greedy decoder."""
+    make_student: Callable[[int], torch.nn.Module]
+    tokenizer: object
+    splits: object
+    batch: int
+    greedy: Callable
+    options: dict = field(default_factory=dict)
+
+
+def _lab_setup(size: str) -> _Setup:
+    """The lab tier's students of `size` (fresh models, the lab's initialisation rule)."""
     config = LabConfig()
     if size not in config.sizes:
         raise SystemExit(f"--size must be one of {', '.join(config.sizes)} for the lab tier, got {size!r}")
@@ -63,10 +77,10 @@ def _lab_setup(size: str):
     def make_student(seed: int):
         return make_model(size, tokenizer, seed=1000 * (1 + seed))  # the lab's initialisation rule
 
-    return make_student, tokenizer, splits, config.student_batch, {}, measure.greedy_outputs, config.seeds
+    return _Setup(make_student, tokenizer, splits, config.student_batch, measure.greedy_outputs)
 
 
-def _real_setup(run_dir: Path, size: str):
+def _real_setup(run_dir: Path, size: str) -> _Setup:
     """The same for the real tier: the teacher of the run in run_dir, cut to `size` = "layersK"."""
     from transformers import AutoModelForCausalLM
 
@@ -90,19 +104,18 @@ def _real_setup(run_dir: Path, size: str):
         return student_from_teacher(teacher, int(size[6:]))
 
     options = {"max_length": real.MAX_LENGTH, "max_new_tokens": real.MAX_ANSWER_TOKENS}
-    return make_student, tokenizer, splits, config.student_batch, options, real.greedy_outputs, config.seeds
+    return _Setup(make_student, tokenizer, splits, config.student_batch, real.greedy_outputs, options)
 
 
-def calibrate_one(setup, size: str, steps: int, lr: float, seed: int) -> dict:
-    """One sft student of `size` trained `steps` steps at `lr` with tuning seed `seed`: its val scores."""
-    make_student, tokenizer, splits, batch, options, greedy, _ = setup
-    student = make_student(seed)
+def calibrate_one(setup: _Setup, size: str, steps: int, lr: float, seed: int) -> dict:
+    """One sft student of `size` trained `steps` steps at `lr` with seed `seed`: its val scores."""
+    student, tokenizer, splits = setup.make_student(seed), setup.tokenizer, setup.splits
     with tempfile.TemporaryDirectory() as work:
         seconds = train(student, tokenizer, splits.train, Path(work) / "run", method="sft", steps=steps,
-                        batch_size=batch, lr=lr, seed=seed, warmup_steps=max(1, steps // 20), **options)
-    val = measure.text_scores(splits.val, greedy(student, tokenizer, splits.val), None)
+                        batch_size=setup.batch, lr=lr, seed=seed, warmup_steps=max(1, steps // 20), **setup.options)
+    val = measure.text_scores(splits.val, setup.greedy(student, tokenizer, splits.val), None)
     seen = splits.train[:500]
-    train_acc = measure.text_scores(seen, greedy(student, tokenizer, seen), None)
+    train_acc = measure.text_scores(seen, setup.greedy(student, tokenizer, seen), None)
     return {"size": size, "steps": steps, "lr": lr, "seed": seed, "val_accuracy": val["accuracy"],
             "val_nll": measure.answer_nll(student, tokenizer, splits.val), "train_accuracy": train_acc["accuracy"],
             "train_seconds": seconds}

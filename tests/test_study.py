@@ -160,3 +160,29 @@ def test_answer_nll_is_the_mean_teacher_forced_nll_of_answer_and_end_token():
             total -= logp[len(prompt) - 1 + i, token].item()
             count += 1
     assert answer_nll(model, tok, examples) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_sft_calibration_writes_val_rows_and_a_rerun_replaces_its_own(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "study_calibration.py"
+    spec = importlib.util.spec_from_file_location("study_calibration", path)
+    calibration = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, calibration)  # its dataclass looks its module up there
+    spec.loader.exec_module(calibration)
+    out = tmp_path / "calibration.json"
+    args = ["--size", "student_s", "--steps", "2", "--lrs", "0.01", "--seeds", "100", "--output", str(out)]
+    assert calibration.main(args) == 0
+    first = json.loads(out.read_text())["rows"]
+    assert calibration.main(args + ["--steps", "2,3"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["size"], r["steps"], r["lr"], r["seed"]) for r in rows] == [("student_s", 2, 0.01, 100),
+                                                                         ("student_s", 3, 0.01, 100)]
+    assert rows[0] == first[0] | {"train_seconds": rows[0]["train_seconds"]}  # same seed, same student
+    for row in rows:
+        assert 0.0 <= row["val_accuracy"] <= 1.0 and 0.0 <= row["train_accuracy"] <= 1.0
+        assert math.isfinite(row["val_nll"]) and row["val_nll"] > 0
+    with pytest.raises(SystemExit, match="student_s, student_m"):
+        calibration.main(["--size", "student_x", "--steps", "2", "--lrs", "0.01", "--output", str(out)])
