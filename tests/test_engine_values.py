@@ -51,7 +51,8 @@ def test_random_and_structured_masks_equal_full_forwards(models, smollm_tokenize
     shared[:, 14:] = torch.rand(12, n - 14, generator=g) < 0.5
     masks = torch.cat([random, shared, random[:2], torch.ones(1, n, dtype=torch.bool),
                        torch.zeros(1, n, dtype=torch.bool)])  # duplicates and the extremes too
-    values, function = compute_values(model, smollm_tokenizer, PROMPT, masks, target=" at dawn", masking=masking)
+    values, function = compute_values(model, smollm_tokenizer, PROMPT, masks, target=" at dawn", masking=masking,
+                                      path="prefix_tree")  # "auto" would run these 24 masks flat
     assert function.n == n and values.shape == (masks.shape[0],) and values.dtype == torch.float64
     assert function.stats.path == "prefix_tree"
     assert function.stats.evaluated == torch.unique(masks, dim=0).shape[0] < masks.shape[0]
@@ -124,6 +125,27 @@ def test_more_players_than_a_bit_mask_holds(models, smollm_tokenizer):
     g = torch.Generator().manual_seed(5)
     masks = torch.rand(6, 70, generator=g) < 0.5
     masks[3:, :60] = masks[0, :60]  # three masks that share their first 60 players
-    values, function = compute_values(model, smollm_tokenizer, prompt, masks, target=" end")
+    values, function = compute_values(model, smollm_tokenizer, prompt, masks, target=" end", path="prefix_tree")
     assert function.n == 70 and function.stats.path == "prefix_tree"
     torch.testing.assert_close(values, naive(model, function, masks), atol=1e-9, rtol=0)
+
+
+def test_auto_runs_flat_when_the_trie_would_share_little(models, smollm_tokenizer):
+    """Uniformly random masks of n = 20 share only their first players: path="auto" runs them as independent
+    forwards (values equal to the trie's), structured masks that share most of their prefix through the trie."""
+    from kdi_fast.engine.values import TRIE_MAX_TOKEN_SHARE
+
+    model = models["llama"]
+    g = torch.Generator().manual_seed(7)
+    random = torch.rand(24, 20, generator=g) < 0.5
+    auto = ValueFunction.prepare(model, smollm_tokenizer, PROMPT, target=" at dawn", n_players=20)
+    trie = ValueFunction.prepare(model, smollm_tokenizer, PROMPT, target=" at dawn", n_players=20, path="prefix_tree")
+    expected = trie(random)
+    assert trie.stats.token_forwards > TRIE_MAX_TOKEN_SHARE * trie.stats.naive_token_forwards
+    torch.testing.assert_close(auto(random), expected, atol=1e-9, rtol=0)
+    assert auto.stats.path == "flat" and "0." in auto.stats.fallback
+    assert auto.stats.token_forwards == auto.stats.naive_token_forwards
+    shared = random[:1].repeat(24, 1)
+    shared[:, 17:] = torch.rand(24, 3, generator=g) < 0.5  # the same first 17 players
+    auto(shared)
+    assert auto.stats.path == "prefix_tree"

@@ -145,8 +145,10 @@ def test_sparse_method_end_to_end(llama, smollm_tokenizer, tmp_path):
     assert abs(float(r2) - result.r2_held_out) < 1e-9
     if result.r2_held_out < 0.5:
         assert any(issubclass(w.category, RecoveryWarning) for w in caught)
-    # the trie ran fewer token positions than independent forwards of the training masks
-    assert result.stats["train_token_forwards"] < result.stats["train_naive_token_forwards"]
+    # uniformly random training masks share little prefix: path "auto" ran them as independent forwards
+    # (engine.values.TRIE_MAX_TOKEN_SHARE), unless the trie saved enough token positions
+    tokens, naive = result.stats["train_token_forwards"], result.stats["train_naive_token_forwards"]
+    assert (tokens == naive and result.stats["total_path"] == "flat") or tokens <= 0.6 * naive
     path = result.save(tmp_path / "r.safetensors")
     again = SparseInteractionResult.load(path)
     assert again.subsets == result.subsets and torch.equal(again.interactions, result.interactions)

@@ -45,6 +45,11 @@ from .value import DEFAULT_EPS, values_from_logprobs
 
 OVERHEAD_TOKENS = {"cpu": 16, "cuda": 4096}
 """One decoder forward's fixed cost in token positions (Python, kernel launches), used to choose the cuts."""
+TRIE_MAX_TOKEN_SHARE = 0.6
+"""path="auto" runs the trie only when it runs at most this share of the token positions of independent full
+forwards; else the flat path. A token costs ~1.5x more through the trie (short segments, ancestors' keys
+gathered, an explicit attention mask): 2-layer SmolLM2 on a 2-core CPU, share 0.36 -> 1.9x faster, 0.86 ->
+0.79x (uniformly random masks, n = 64), so the trie stops paying near 0.68 (bench_sparse_speed.py)."""
 
 
 def as_mask_matrix(masks, n: int) -> Tensor:
@@ -416,6 +421,10 @@ class ValueFunction:
             # caller's player order may differ: map the trie's leaves back to the rows of `unique`
             leaf_of = trie.node_of[-1]
             rows = _rows_per_level(trie, dims, self.budget, self.max_tokens)
+            share = trie.token_forwards() / (unique.shape[0] * len(self.seq))
+            if self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE:
+                self.stats.fallback = f"the trie would run {share:.2f} of the tokens of independent forwards"
+                return self._flat(unique, dims, head_chunk, advance)
             try:
                 out = trie_logprobs(self.model, self.seq, self.target, self.prediction, trie, unique, rows, dims,
                                     head_chunk, self.stats, advance)
@@ -427,6 +436,9 @@ class ValueFunction:
                 self.stats.fallback = str(err)
                 warnings.warn(f"kdi_fast: {type(self.model).__name__} cannot use the prefix-tree attention ({err}); "
                               f"computing every masked input in full instead (slower)", stacklevel=4)
+        return self._flat(unique, dims, head_chunk, advance)
+
+    def _flat(self, unique: Tensor, dims: ModelDims, head_chunk: int, advance) -> Tensor:
         length = len(self.seq)
         per_mask = dims.forward_bytes(1, length, length)
         head = dims.head_chunk(self.budget) * dims.vocab * 4 * 3
