@@ -7,7 +7,8 @@ For each budget Q: the masks compute_interactions(method="sparse", budget=Q) eva
 uniformly random held-out masks, the same seeds; --design forest: engine.sparse.design_masks's prefix-sharing
 training masks only). Timed per round, in one process, the order rotated every round:
 
-- engine: the prepared value function (path auto: the mask trie, target-only LM head, memory-budgeted batches);
+- engine: the prepared value function (path "auto": the mask trie, or independent forwards when the trie would
+  share little (engine.values.TRIE_MAX_TOKEN_SHARE); target-only LM head, memory-budgeted batches);
 - flat: the same value function with path="flat" (every mask an independent forward, still batched and with the
   target-only head);
 - hf_batch<B>: what SPEX's code does: every mask an independent forward of the Hugging Face model, the full LM
@@ -16,7 +17,7 @@ training masks only). Timed per round, in one process, the order rotated every r
 
 flat and the hf_* paths cost the same per mask whatever the mask set, so each round times them on --sample masks
 (a fresh random sample per round) and scales to all masks; the engine always runs every mask (its sharing
-depends on the whole set). A round's ratio is (path seconds) / (engine seconds); reported: the median ratio over
+depends on the whole set). A round's ratio is (path seconds) / (engine seconds), and (hf_* seconds) / (flat seconds); reported: the median ratio over
 rounds with a distribution-free 95% interval (order statistics of binomial(R, 1/2)), the token share of the trie,
 and the largest difference of each path's values from the engine's on the sampled masks.
 
@@ -123,6 +124,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 if name == "engine":
                     results[name] = engine(masks)
+                    engine_path = engine.stats.path
                 elif name == "flat":
                     results[name] = flat(sample)
                 else:
@@ -142,10 +144,13 @@ def main() -> None:
                "seconds": seconds, "ratios": {}, "max_abs_difference": differences, "load_average_1min": load}
         # the engine also ran `reference` (the sample) each round: its token counts include those, out of the share
         row["token_share_including_samples"] = engine_stats["token_forwards"] / engine_stats["naive_token_forwards"]
-        for name in paths[1:]:
-            ratios = [a / b for a, b in zip(seconds[name], seconds["engine"])]
-            low, high = median_interval(ratios)
-            row["ratios"][name] = {"median": statistics.median(ratios), "interval95": [low, high], "all": ratios}
+        row["engine_path"] = engine_path  # the path "auto" took on all the masks
+        for reference in ("engine", "flat"):
+            for name in paths[paths.index(reference) + 1:]:
+                ratios = [a / b for a, b in zip(seconds[name], seconds[reference])]
+                low, high = median_interval(ratios)
+                key = name if reference == "engine" else f"{name}_vs_flat"
+                row["ratios"][key] = {"median": statistics.median(ratios), "interval95": [low, high], "all": ratios}
         rows.append(row)
         print(f"Q={budget}: {count} masks; engine {statistics.median(seconds['engine']):.1f} s; " + "; ".join(
             f"{k} {v['median']:.2f}x [{v['interval95'][0]:.2f}, {v['interval95'][1]:.2f}]"
