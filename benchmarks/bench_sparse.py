@@ -246,8 +246,11 @@ def markdown(rows: list[dict], k: int) -> str:
             f"| {r['n']} | {r['budget']} | {r['method']} | {r['masks']} | {r['r2_test']:.3f} | - | ")
         lines[-1] += (f"{overlap:.2f} | " if overlap is not None else "- | ")
         lines[-1] += f"{r['recovered']} | {r['seconds_total']:.0f} ({r['seconds_method']:.0f} + {r['seconds_values']:.0f}) | "
-        lines[-1] += (f"{r['trie_speedup']:.2f}x ({r['token_share']:.2f} of the tokens) |" if "trie_speedup" in r
-                      else "- |")
+        if "trie_speedup" in r and r["token_share"] >= 1.0:
+            lines[-1] += "- (path auto ran the masks flat) |"
+        else:
+            lines[-1] += (f"{r['trie_speedup']:.2f}x ({r['token_share']:.2f} of the tokens) |" if "trie_speedup" in r
+                          else "- |")
     return "\n".join(lines) + "\n"
 
 
