@@ -124,3 +124,21 @@ def test_minillm_run_trains_on_mixed_samples_with_the_lm_term(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
     with pytest.raises(ValueError, match="minillm"):
         DistillConfig("minillm", temperature=2.0)
+
+
+def test_batched_samples_equal_one_prompt_at_a_time():
+    """mixed_samples draws each row as mixed_sample would alone: same prompt and generator seed, same tokens, in a
+    batch of prompts of different lengths (right padding must not leak into a row's logits)."""
+    from kdi_fast.distill.minillm import mixed_samples
+
+    student, teacher = _model(1), _model(2, layers=2)
+    prompts = [[3, 5, 7], [4, 6, 8, 10, 12, 14], [9], [11, 13]]
+    for mix in (0.0, 0.3):
+        alone = [mixed_sample(student, teacher, p, teacher_mix=mix, max_new_tokens=6, eot_id=2,
+                              generator=torch.Generator().manual_seed(10 + i)) for i, p in enumerate(prompts)]
+        batched = mixed_samples(student, teacher, prompts, teacher_mix=mix, max_new_tokens=6, eot_id=2,
+                                generators=[torch.Generator().manual_seed(10 + i) for i in range(len(prompts))])
+        assert batched == alone
+    with pytest.raises(ValueError, match="one generator per prompt"):
+        mixed_samples(student, None, prompts, teacher_mix=0.0, max_new_tokens=2, eot_id=2,
+                      generators=[torch.Generator()])

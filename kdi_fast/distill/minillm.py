@@ -14,8 +14,9 @@ The loss is sum_t (single_t + long_t) over response tokens (normalised by the tr
 cross-entropy of the data's reference responses (the pre-training / language-modelling term L_PT).
 With one update per sample (this trainer), q_old is q itself (rho = 1 with the gradient of log q).
 
-`mixed_sample` draws the responses: token by token from a p + (1 - a) q with a torch.Generator, one prompt at a
-time (so a sample depends on its prompt and generator only, not on the batch it is in). a = 0 is plain sampling
+`mixed_samples` draws the responses: token by token from a p + (1 - a) q, all prompts of a batch in one forward
+per token, each with its own torch.Generator (so a sample depends on its prompt and generator only, not on the
+batch it is in). a = 0 is plain sampling
 from the student (the on-policy samples of gkd, imitkd, distillm).
 """
 
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from ..losses.kd import KDLossOutput
 
-__all__ = ["minillm_loss", "mixed_sample"]
+__all__ = ["minillm_loss", "mixed_sample", "mixed_samples"]
 
 IGNORE_INDEX = -100
 
@@ -37,33 +38,52 @@ IGNORE_INDEX = -100
 def mixed_sample(student: nn.Module, teacher: nn.Module | None, prompt: Sequence[int], *, teacher_mix: float,
                  max_new_tokens: int, eot_id: int, generator: torch.Generator) -> tuple[int, ...]:
     """Token ids drawn from teacher_mix * p + (1 - teacher_mix) * q after `prompt`, ending at eot_id (kept) or after
-    max_new_tokens. Both models run with their key/value caches; generator is a CPU torch.Generator."""
+    max_new_tokens; generator is a CPU torch.Generator. One prompt of `mixed_samples`."""
+    return mixed_samples(student, teacher, [prompt], teacher_mix=teacher_mix, max_new_tokens=max_new_tokens,
+                         eot_id=eot_id, generators=[generator])[0]
+
+
+@torch.no_grad()
+def mixed_samples(student: nn.Module, teacher: nn.Module | None, prompts: Sequence[Sequence[int]], *,
+                  teacher_mix: float, max_new_tokens: int, eot_id: int,
+                  generators: Sequence[torch.Generator]) -> list[tuple[int, ...]]:
+    """`mixed_sample` for many prompts at once: one forward per new token for all unfinished rows (right-padded, so
+    causal attention keeps every row's logits those of its own sequence), each row drawn with its own generator,
+    so a sample depends on its prompt and generator only, not on the batch it is in."""
+    if len(generators) != len(prompts):
+        raise ValueError(f"mixed_samples needs one generator per prompt, got {len(generators)} for {len(prompts)}")
     device = next(student.parameters()).device
     was_training = student.training
     student.eval()
-    ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
-    caches: dict[str, object] = {"s": None, "t": None}
-    out: list[int] = []
+    sequences = [list(p) for p in prompts]
+    out: list[list[int]] = [[] for _ in prompts]
+    live = list(range(len(prompts)))
     try:
         for _ in range(max_new_tokens):
-            probs = _next_probs(student, ids, caches, "s")
-            if teacher is not None and teacher_mix > 0:
-                probs = teacher_mix * _next_probs(teacher, ids, caches, "t") + (1 - teacher_mix) * probs
-            token = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-            out.append(token)
-            if token == eot_id:
+            if not live:
                 break
-            ids = torch.tensor([[token]], dtype=torch.long, device=device)
+            lengths = [len(sequences[r]) for r in live]
+            ids = torch.zeros(len(live), max(lengths), dtype=torch.long)
+            for i, r in enumerate(live):
+                ids[i, :lengths[i]] = torch.tensor(sequences[r])
+            ids, last = ids.to(device), torch.tensor(lengths, device=device) - 1
+            rows = torch.arange(len(live), device=device)
+            probs = torch.softmax(student(input_ids=ids).logits[rows, last].float(), dim=-1)
+            if teacher is not None and teacher_mix > 0:
+                p = torch.softmax(teacher(input_ids=ids).logits[rows, last].float(), dim=-1)
+                probs = teacher_mix * p + (1 - teacher_mix) * probs
+            probs = probs.cpu()
+            still = []
+            for i, r in enumerate(live):
+                token = int(torch.multinomial(probs[i], 1, generator=generators[r]))
+                out[r].append(token)
+                sequences[r].append(token)
+                if token != eot_id:
+                    still.append(r)
+            live = still
     finally:
         student.train(was_training)
-    return tuple(out)
-
-
-def _next_probs(model: nn.Module, ids: Tensor, caches: dict, key: str) -> Tensor:
-    outputs = model(input_ids=ids, cache=caches[key], use_cache=True) if caches[key] is not None else \
-        model(input_ids=ids, use_cache=True)
-    caches[key] = outputs.cache
-    return torch.softmax(outputs.logits[0, -1].float(), dim=-1)
+    return [tuple(o) for o in out]
 
 
 def minillm_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, teacher_mix: float = 0.2,

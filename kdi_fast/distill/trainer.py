@@ -32,7 +32,7 @@ from .._io import write_json_atomic
 from .config import DistillConfig
 from .datasets import TokenizedExample, collate
 from .methods import get_method
-from .minillm import minillm_loss, mixed_sample
+from .minillm import minillm_loss, mixed_samples
 from .replay import AdaptiveSGOSchedule, ReplayBuffer
 
 __all__ = ["DistillTrainer", "RunInterrupted", "StreamDataset", "ItemsDataset", "seed_of", "COMPLETE_MARKER"]
@@ -200,15 +200,14 @@ class DistillTrainer(Trainer):
         else:
             student = self.accelerator.unwrap_model(self.model)
             mix = self.config.minillm_teacher_mix if self.method.responses == "teacher_mixed" else 0.0
-            items = []
-            for i in indices:
-                item = self.train_items[i]
-                generator = torch.Generator().manual_seed(seed_of(self.config.seed, i, step, "sample"))
-                response = mixed_sample(student, self.teacher if mix > 0 else None, item.prompt_ids, teacher_mix=mix,
-                                        max_new_tokens=self.config.max_new_tokens, eot_id=self.eot_id,
-                                        generator=generator)
-                keep = max(1, self.config.max_length - len(item.prompt_ids))
-                items.append(item.with_response(response[:keep]))
+            batch_items = [self.train_items[i] for i in indices]
+            generators = [torch.Generator().manual_seed(seed_of(self.config.seed, i, step, "sample")) for i in indices]
+            responses = mixed_samples(student, self.teacher if mix > 0 else None,
+                                      [item.prompt_ids for item in batch_items], teacher_mix=mix,
+                                      max_new_tokens=self.config.max_new_tokens, eot_id=self.eot_id,
+                                      generators=generators)
+            items = [item.with_response(response[:max(1, self.config.max_length - len(item.prompt_ids))])
+                     for item, response in zip(batch_items, responses)]
             if self.method.responses == "adaptive":
                 self.buffer.add(items)
         new = collate(items, self.pad_id)
