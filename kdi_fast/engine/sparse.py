@@ -289,13 +289,16 @@ def _screen_pairs(z: Tensor, y: Tensor, limit: int) -> list[tuple[int, int]]:
     return list(zip(i.tolist(), j.tolist()))
 
 
-def _sklearn_linear_model():
+def _sklearn():
+    """(LassoCV, PredefinedSplit, ConvergenceWarning), or a one-line ImportError naming the fix."""
     try:
-        from sklearn import linear_model
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LassoCV
+        from sklearn.model_selection import PredefinedSplit
     except ImportError:
         raise ImportError("scikit-learn is not installed; sparse recovery fits its Lasso with it: "
                           "pip install scikit-learn (a dependency of kdi_fast)") from None
-    return linear_model
+    return LassoCV, PredefinedSplit, ConvergenceWarning
 
 
 def _cross_validated_lasso(F: np.ndarray, y: np.ndarray, folds: np.ndarray, max_sweeps: int):
@@ -304,9 +307,7 @@ def _cross_validated_lasso(F: np.ndarray, y: np.ndarray, folds: np.ndarray, max_
     that selects nothing down to PATH_DEPTH times it (scikit-learn's LassoCV: coordinate descent on each fold's
     Gram matrix, warm-started along the path). Not converged: scikit-learn warned that coordinate descent did
     not reach its tolerance within max_sweeps sweeps at some penalty."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import PredefinedSplit
-
+    LassoCV, PredefinedSplit, ConvergenceWarning = _sklearn()
     X = F[:, 1:]
     if X.shape[1] == 0:
         return np.array([y.mean()]), True
@@ -314,8 +315,8 @@ def _cross_validated_lasso(F: np.ndarray, y: np.ndarray, folds: np.ndarray, max_
     alphas = max(start, 1e-300) * np.geomspace(1.0, PATH_DEPTH, PATH_POINTS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        fit = _sklearn_linear_model().LassoCV(alphas=alphas, cv=PredefinedSplit(folds), precompute=True,
-                                              max_iter=max_sweeps, tol=LASSO_TOL).fit(X, y)
+        fit = LassoCV(alphas=alphas, cv=PredefinedSplit(folds), precompute=True, max_iter=max_sweeps,
+                      tol=LASSO_TOL).fit(X, y)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return np.concatenate([[fit.intercept_], fit.coef_]), converged
 
