@@ -120,6 +120,8 @@ def main() -> None:
                    help="kdi_fast's training masks: uniformly random (compute_interactions' choice) or the "
                         "prefix-sharing forest (engine.sparse.design_masks)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--problems", type=int, default=200,
+                   help="gsm_symbolic problems to choose prompts from (400 holds one with 128 words; 200 none)")
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
     p.add_argument("--output", default="sparse", help="file stem under benchmarks/results (default sparse)")
     args = p.parse_args()
@@ -140,7 +142,7 @@ def main() -> None:
     teacher = load_model("smollm2")
     model = teacher if args.layers >= teacher.config.num_hidden_layers else student_from_teacher(teacher, args.layers)
     model.eval()
-    problems = [q["question"] for q in load_gsm_symbolic(200, seed=args.seed)]
+    problems = [q["question"] for q in load_gsm_symbolic(args.problems, seed=args.seed)]
     rows = []
     exact_tops: dict[int, set] = {}
     out_dir = results_dir(args.quick)
@@ -149,7 +151,8 @@ def main() -> None:
         prompt = min((q for q in problems if len(choose_players(encode_prompt(tokenizer, q), n)) >= n), key=len,
                      default=None)
         if prompt is None:
-            print(f"n={n}: no gsm_symbolic problem with {n} words; skipped", flush=True)
+            print(f"n={n}: none of {args.problems} gsm_symbolic problems has {n} words; skipped (raise --problems)",
+                  flush=True)
             continue
         function = ValueFunction.prepare(model, tokenizer, prompt, n_players=n, max_target_tokens=args.target_tokens,
                                          exact_players=True)
