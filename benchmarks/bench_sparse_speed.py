@@ -19,7 +19,9 @@ flat and the hf_* paths cost the same per mask whatever the mask set, so each ro
 (a fresh random sample per round) and scales to all masks; the engine always runs every mask (its sharing
 depends on the whole set). A round's ratio is (path seconds) / (engine seconds), and (hf_* seconds) / (flat seconds); reported: the median ratio over
 rounds with a distribution-free 95% interval (order statistics of binomial(R, 1/2)), the token share of the trie,
-and the largest difference of each path's values from the engine's on the sampled masks.
+and the largest difference of each path's values from the engine's on the sampled masks. --paths leaves paths
+out (e.g. the engine on a deep model, where its all-masks rounds would dominate; the token share that decides
+path="auto" is still recorded, planned without a forward).
 
 Model: SmolLM2-135M-Instruct
 cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic problem (seed 0) with n usable
@@ -69,6 +71,10 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=64, help="masks per round for the flat and hf_* paths")
     p.add_argument("--hf-batch", type=int, default=32, help="masks per forward of hf_batch<B>")
     p.add_argument("--design", choices=("uniform", "forest"), default="uniform")
+    p.add_argument("--paths", default="engine,flat,hf_batch,hf_batch1",
+                   help="paths to time: engine (all the masks, every round), flat, hf_batch (--hf-batch masks per "
+                        "forward), hf_batch1; leave engine out where the model is deep: path='auto' runs such "
+                        "masks flat (the file records the token share that decides it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="sparse_speed", help="file stem under benchmarks/results")
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
@@ -78,6 +84,7 @@ def main() -> None:
 
     from kdi_fast.data import load_gsm_symbolic
     from kdi_fast.engine import ValueFunction
+    from kdi_fast.engine.values import TRIE_MAX_TOKEN_SHARE
     from kdi_fast.engine.players import choose_players, encode_prompt
     from kdi_fast.engine.scheduler import segment_bounds
     from kdi_fast.engine.sparse import default_branching, design_masks, held_out_count, uniform_masks
@@ -99,7 +106,11 @@ def main() -> None:
                                  target_ids=engine.target_ids, path="flat")
     order = segment_bounds(engine.seq.owner, n)[1]
     out = results_dir(args.quick) / f"{args.output}.json"
-    paths = ["engine", "flat", f"hf_batch{args.hf_batch}", "hf_batch1"]
+    known = {"engine": "engine", "flat": "flat", "hf_batch": f"hf_batch{args.hf_batch}", "hf_batch1": "hf_batch1"}
+    asked = [x.strip() for x in args.paths.split(",") if x.strip()]
+    if len(asked) < 2 or any(x not in known for x in asked):
+        raise SystemExit(f"--paths: two or more of {', '.join(known)}, comma-separated; got {args.paths!r}")
+    paths = [known[x] for x in known if x in asked]  # always in this order: the first is the reference
     rows = []
     for budget in (int(b) for b in args.budgets.split(",") if b.strip()):
         held = held_out_count(budget)
@@ -111,8 +122,10 @@ def main() -> None:
         count = masks.shape[0]
         sample_size = min(args.sample, count)
         engine(masks[:8]), flat(masks[:8]), hf_values(engine, masks[:2], 2)  # warm-up, out of the timed rounds
+        share = engine.token_share(masks)
+        engine_path = "flat" if share > TRIE_MAX_TOKEN_SHARE else "prefix_tree"  # what path="auto" takes
         seconds = {name: [] for name in paths}
-        differences = {name: 0.0 for name in paths[1:]}
+        differences = {name: 0.0 for name in paths[1:]}  # against the first path, on each round's sample
         before = dict(engine.stats.as_dict())
         load = [os.getloadavg()[0]]
         sampler = torch.Generator().manual_seed(args.seed + 99)
@@ -131,7 +144,7 @@ def main() -> None:
                     results[name] = hf_values(engine, sample, 1 if name == "hf_batch1" else args.hf_batch)
                 elapsed = time.perf_counter() - t0
                 seconds[name].append(elapsed if name == "engine" else elapsed * count / sample_size)
-            reference = engine(sample)
+            reference = engine(sample) if "engine" in paths else results[paths[0]]
             for name in paths[1:]:
                 differences[name] = max(differences[name], float((results[name] - reference).abs().max()))
             load.append(os.getloadavg()[0])
@@ -143,9 +156,12 @@ def main() -> None:
                "branching": default_branching(n, count) if args.design == "forest" else None,
                "seconds": seconds, "ratios": {}, "max_abs_difference": differences, "load_average_1min": load}
         # the engine also ran `reference` (the sample) each round: its token counts include those, out of the share
-        row["token_share_including_samples"] = engine_stats["token_forwards"] / engine_stats["naive_token_forwards"]
-        row["engine_path"] = engine_path  # the path "auto" took on all the masks
-        for reference in ("engine", "flat"):
+        if "engine" in paths:
+            row["token_share_including_samples"] = (engine_stats["token_forwards"]
+                                                    / engine_stats["naive_token_forwards"])
+        row["token_share"] = share  # of the prefix tree on all the masks, planned without a forward
+        row["engine_path"] = engine_path  # the path "auto" takes on all the masks
+        for reference in [p for p in ("engine", "flat") if p in paths]:
             for name in paths[paths.index(reference) + 1:]:
                 ratios = [a / b for a, b in zip(seconds[name], seconds[reference])]
                 low, high = median_interval(ratios)

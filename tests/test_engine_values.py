@@ -142,6 +142,8 @@ def test_auto_runs_flat_when_the_trie_would_share_little(models, smollm_tokenize
     trie = ValueFunction.prepare(model, smollm_tokenizer, PROMPT, target=" at dawn", n_players=20, path="prefix_tree")
     expected = trie(random)
     assert trie.stats.token_forwards > TRIE_MAX_TOKEN_SHARE * trie.stats.naive_token_forwards
+    # token_share plans the same trie without a forward: the share the trie just ran
+    assert trie.token_share(random) == pytest.approx(trie.stats.token_forwards / trie.stats.naive_token_forwards)
     torch.testing.assert_close(auto(random), expected, atol=1e-9, rtol=0)
     assert auto.stats.path == "flat" and "0." in auto.stats.fallback
     assert auto.stats.token_forwards == auto.stats.naive_token_forwards

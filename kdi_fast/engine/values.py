@@ -411,12 +411,21 @@ class ValueFunction:
         """v(x_T) [M] float64 for masks [M, n] bool (or 1-D bit masks when n <= 62)."""
         return values_from_logprobs(self.logprobs(masks, progress=progress), eps=self.eps)
 
+    def _trie(self, unique: Tensor) -> MaskTrie:
+        bounds, order = segment_bounds(self.seq.owner, self.n)
+        return build_trie(unique, order, bounds[1:-1], len(self.seq), self.max_tokens,
+                          OVERHEAD_TOKENS.get(self.seq.input_ids.device.type, 16))
+
+    def token_share(self, masks) -> float:
+        """Token positions the prefix tree runs for `masks` [M, n] bool, as a share of those of independent
+        forwards of their distinct masks (no forward is run); path="auto" runs them flat above
+        TRIE_MAX_TOKEN_SHARE."""
+        unique = torch.unique(as_mask_matrix(masks, self.n), dim=0)
+        return self._trie(unique).token_forwards() / (unique.shape[0] * len(self.seq))
+
     def _run(self, unique: Tensor, dims: ModelDims, head_chunk: int, advance) -> Tensor:
-        device = self.seq.input_ids.device
         if self.path in ("auto", "prefix_tree"):
-            bounds, order = segment_bounds(self.seq.owner, self.n)
-            trie = build_trie(unique, order, bounds[1:-1], len(self.seq), self.max_tokens,
-                              OVERHEAD_TOKENS.get(device.type, 16))
+            trie = self._trie(unique)
             # the trie sorts the distinct masks like torch.unique did (lexicographic in position order), but the
             # caller's player order may differ: map the trie's leaves back to the rows of `unique`
             leaf_of = trie.node_of[-1]
