@@ -168,7 +168,7 @@ def main() -> None:
                 key = name if reference == "engine" else f"{name}_vs_flat"
                 row["ratios"][key] = {"median": statistics.median(ratios), "interval95": [low, high], "all": ratios}
         rows.append(row)
-        print(f"Q={budget}: {count} masks; engine {statistics.median(seconds['engine']):.1f} s; " + "; ".join(
+        print(f"Q={budget}: {count} masks; {paths[0]} {statistics.median(seconds[paths[0]]):.1f} s; " + "; ".join(
             f"{k} {v['median']:.2f}x [{v['interval95'][0]:.2f}, {v['interval95'][1]:.2f}]"
             for k, v in row["ratios"].items()), flush=True)
         write_text_atomic(out, json.dumps({
