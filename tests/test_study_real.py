@@ -12,7 +12,7 @@ import torch
 from kdi_fast.models import tiny_causal_lm
 from kdi_fast.study.real import (RealConfig, cells, greedy_outputs, interactions_of, quick_config, real_tokenizer,
                                  run_real)
-from kdi_fast.study.real_report import REAL_CLAIMS
+from kdi_fast.study.real_report import README_BEGIN, README_END, REAL_CLAIMS
 from kdi_fast.study.task import make_problem
 
 
@@ -75,6 +75,15 @@ def test_quick_real_tier_runs_every_cell_and_masking_resumes_and_reports(tmp_pat
     assert set(found["findings"]) == set(REAL_CLAIMS) and found["status"] == "complete"
     assert all(f["verdict"].startswith("not separable") for f in found["findings"].values())  # 2 seeds
     assert len(list((report / "runs").glob("*.json"))) == 10 and "| claim |" in (report / "REPORT.md").read_text()
+    # --readme writes status, findings and the 5 cells between the real tier's markers, nothing else
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_BEGIN}\nold\n{README_END}\nafter\n")
+    assert main(["study", "real", "--out", str(out), "--report-only", "--no-plots", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    block = text.split(README_BEGIN)[1].split(README_END)[0]
+    assert text.startswith(f"# x\n{README_BEGIN}") and text.endswith(f"{README_END}\nafter\n") and "old" not in block
+    assert "**complete**" in block and block.count("| **not separable") == len(REAL_CLAIMS)
+    assert sum(line.startswith(f"| {c.name} | 2 |") for line in block.splitlines() for c in cells(config)) == 5
     # resumption after a kill: a missing run is redone, nothing else is recomputed (teacher included)
     stamps = {p: p.stat().st_mtime_ns for p in runs[1:]}
     teacher_stamp = (out / "teacher.json").stat().st_mtime_ns

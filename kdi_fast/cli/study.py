@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     real.add_argument("--no-plots", action="store_true")
     real.add_argument("--report-only", action="store_true",
                       help="write the (partial) report of what OUT holds now, without running anything")
+    real.add_argument("--readme", default=None, metavar="PATH",
+                      help="also write the status, findings and cells into PATH between <!-- real-tier-findings --> "
+                           "markers")
     real.set_defaults(run=_real)
     rep = sub.add_parser("report", help="write the findings of a lab directory's runs")
     rep.add_argument("--lab", required=True, help="the lab output directory")
@@ -87,7 +90,8 @@ def _real(args) -> int:
             print(f"kdi study real: {err}", file=sys.stderr)
             status = 1
     found = write_real_report(args.out, args.report or Path(args.out) / "report", plots=not args.no_plots,
-                              command="kdi study real --out " + args.out + (" --quick" if args.quick else ""))
+                              command="kdi study real --out " + args.out + (" --quick" if args.quick else ""),
+                              readme=args.readme)
     for name, f in found.items():
         print(f"{name}: {f['verdict']}")
     return status

@@ -19,14 +19,15 @@ from .analysis import findings
 from .lab import MASKINGS, read_config
 from .measure import K, MAX_SIMPLE_ORDER, SALIENT, chance_overlap
 from .real import RealConfig, cells
-from .report import _cell_table, _ci, _fmt, _main_effect, _plots, write_runs_csv
+from .report import _cell_table, _ci, _fmt, _plots, findings_table, replace_readme_block, write_runs_csv
 
-__all__ = ["write_real_report", "REAL_CLAIMS"]
+__all__ = ["write_real_report", "REAL_CLAIMS", "README_BEGIN", "README_END"]
 
 REAL_CLAIMS = ("sparsity", "simple_vs_complex", "correlation_gini_complex", "correlation_salient_complex_overlap",
                "cip")
 _NOT_RUN = ("noise_collapse", "best_temperature", "kd_helps_smaller")
 _MIN_SEEDS = 3  # fewer seeds: bootstrap intervals over seeds cannot separate methods
+README_BEGIN, README_END = "<!-- real-tier-findings -->", "<!-- /real-tier-findings -->"
 
 
 def _load_config(real_dir: Path) -> RealConfig:
@@ -71,9 +72,25 @@ def calibration(real_dir: str | Path) -> dict:
             "runs": runs, "projected_hours": projected, "splits": read(real / "splits.json", None)}
 
 
-def write_real_report(real_dir: str | Path, out_dir: str | Path, *, command: str = "", plots: bool = True) -> dict:
+def _results_lines(found: dict, table: list[dict]) -> list[str]:
+    """The findings table and the per-cell table (test accuracy etc.), as markdown lines."""
+    lines = findings_table(found) if found else ["No run finished yet."]
+    lines += ["", "Not run in this tier (lab tier only): teacher noise, temperature, two student sizes.", "",
+              "Cells (test accuracy: mean [95% CI] over seeds; the other columns: means):", "", "| cell | seeds | test accuracy | agreement | BLEU fidelity | Gini emb | Gini att | "
+              "Overlap simple/complex emb |", "|---|---|---|---|---|---|---|---|"]
+    for c in table:
+        lines.append(f"| {c['cell']} | {c['seeds']} | {_ci(c['test_accuracy'])} | {_fmt(c['agreement']['mean'])} | "
+                     f"{_fmt(c['fidelity']['mean'], 1)} | {_fmt(c['embedding_gini']['mean'])} | "
+                     f"{_fmt(c['attention_gini']['mean'])} | {_fmt(c['embedding_overlap_simple']['mean'])} / "
+                     f"{_fmt(c['embedding_overlap_complex']['mean'])} |")
+    return lines
+
+
+def write_real_report(real_dir: str | Path, out_dir: str | Path, *, command: str = "", plots: bool = True,
+                      readme: str | Path | None = None) -> dict:
     """Read real_dir's runs, write findings.json, runs.csv, REPORT.md (and plots), a copy of every run's JSON and
-    of the calibration to out_dir; returns the findings. A directory with runs missing gives a partial report."""
+    of the calibration to out_dir; returns the findings. A directory with runs missing gives a partial report.
+    `readme`: also write the status, findings and cells between README_BEGIN and README_END of that file."""
     real, out = Path(real_dir), Path(out_dir)
     if not (real / "real_config.json").is_file():
         raise FileNotFoundError(f"{real} holds no real-tier run: run `kdi study real --out {real}` first")
@@ -159,20 +176,16 @@ def write_real_report(real_dir: str | Path, out_dir: str | Path, *, command: str
               f"- with fewer than {_MIN_SEEDS} seeds no verdict other than 'not separable' is given: the bootstrap "
               "interval of a mean over 2 seeds is the range of the 2 values, not a 95% interval.", "",
               "## Findings", ""]
-    if found:
-        lines += ["| claim | effect [95% CI] | verdict |", "|---|---|---|"]
-        lines += [f"| {f['claim']} | {_main_effect(name, f)} | **{f['verdict']}** |" for name, f in found.items()]
-    else:
-        lines.append("No run finished yet.")
-    lines += ["", "Not run in this tier (lab tier only): teacher noise, temperature, two student sizes.", "",
-              "## Cells (test accuracy, mean [95% CI] over seeds)", "",
-              "| cell | seeds | accuracy | agreement | BLEU fidelity | Gini emb | Gini att | Overlap simple/complex emb |",
-              "|---|---|---|---|---|---|---|---|"]
-    for c in table:
-        lines.append(f"| {c['cell']} | {c['seeds']} | {_ci(c['test_accuracy'])} | {_fmt(c['agreement']['mean'])} | "
-                     f"{_fmt(c['fidelity']['mean'], 1)} | {_fmt(c['embedding_gini']['mean'])} | "
-                     f"{_fmt(c['attention_gini']['mean'])} | {_fmt(c['embedding_overlap_simple']['mean'])} / "
-                     f"{_fmt(c['embedding_overlap_complex']['mean'])} |")
+    lines += _results_lines(found, table)
     lines += ["", "Per run: runs/*.json and runs.csv.", ""] + [f"![{f}]({f})" for f in figures]
     write_text_atomic(out / "REPORT.md", "\n".join(lines) + "\n")
+    if readme is not None:
+        head = f"Real-model tier, **{status}** (from `{command}`; report: {out / 'REPORT.md'})."
+        if teacher:
+            head += (f" Teacher: val {teacher['val_accuracy']:.3f}, test {teacher['test_accuracy']:.3f}. Students: "
+                     f"layers:{config.student_layers}, {config.student_steps} steps, lr {config.student_lr}, "
+                     f"seeds {list(config.seeds)}; with fewer than {_MIN_SEEDS} seeds every verdict is "
+                     "'not separable at this scale'. Effect = mean [95% bootstrap CI over seeds]; interaction "
+                     "claims under pad-embedding / attention masking; cells: mean [95% CI] over seeds on test.")
+        replace_readme_block(readme, README_BEGIN, README_END, [head, "", *_results_lines(found, table)])
     return found

@@ -199,17 +199,22 @@ def findings_table(found: dict) -> list[str]:
         f"| {f['claim']} | {_main_effect(name, f)} | **{f['verdict']}** |" for name, f in found.items()]
 
 
-def update_readme(readme: str | Path, found: dict, *, runs: int, command: str) -> None:
-    """Replace the text between README_BEGIN and README_END of `readme` by the findings table (atomically)."""
+def replace_readme_block(readme: str | Path, begin: str, end: str, body: list[str]) -> None:
+    """Replace the text between the markers `begin` and `end` of `readme` by `body` (lines), atomically."""
     path = Path(readme)
     text = path.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise ValueError(f"{path} has no {README_BEGIN} ... {README_END} block; add one where the findings go")
-    head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
-    body = [f"Findings of the lab grid ({runs} runs, from `{command}`; effect = mean [95% bootstrap CI over seeds]; "
-            "interaction claims under pad-embedding / attention masking):", "", *findings_table(found)]
-    write_text_atomic(path, head + README_BEGIN + "\n\n" + "\n".join(body) + "\n" + README_END + tail)
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} has no {begin} ... {end} block; add one where the findings go")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    write_text_atomic(path, head + begin + "\n\n" + "\n".join(body) + "\n" + end + tail)
+
+
+def update_readme(readme: str | Path, found: dict, *, runs: int, command: str) -> None:
+    """Replace the text between README_BEGIN and README_END of `readme` by the lab's findings table."""
+    replace_readme_block(readme, README_BEGIN, README_END, [
+        f"Findings of the lab grid ({runs} runs, from `{command}`; effect = mean [95% bootstrap CI over seeds]; "
+        "interaction claims under pad-embedding / attention masking):", "", *findings_table(found)])
 
 
 def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "", plots: bool = True) -> dict:
