@@ -149,8 +149,9 @@ def write_real_report(real_dir: str | Path, out_dir: str | Path, *, command: str
     lines += [f"Students: layers:{config.student_layers} of the fine-tuned teacher (kdi_fast.models."
               f"student_from_teacher; initial weights identical across seeds, seeds vary data order, sampling and "
               f"CIP partitions); {config.student_steps} steps, batch {config.student_batch}, lr {config.student_lr}; "
-              f"seeds {list(config.seeds)}. CIP: weight {config.cip_weight:g} (taken from the lab tier, whose "
-              f"validation chose 0.1 over 1.0), m = {config.cip_m}, share {config.cip_batch_share} of each batch.",
+              f"seeds {list(config.seeds)}; one learning rate for every method, chosen on val for sft (kd and "
+              f"gkd were not tuned separately: CPU budget). CIP: weight {config.cip_weight:g} (taken from the lab "
+              f"tier, whose validation chose 0.1 over 1.0), m = {config.cip_m}, share {config.cip_batch_share} of each batch.",
               ""]
     lines += ["## Calibration (calibration.json)", ""]
     lines += [f"- teacher stage {st['stage']}: {st['steps']} steps, val accuracy {st['val_accuracy']:.3f}, "
