@@ -84,7 +84,6 @@ def main() -> None:
 
     from kdi_fast.data import load_gsm_symbolic
     from kdi_fast.engine import ValueFunction
-    from kdi_fast.engine.values import TRIE_MAX_TOKEN_SHARE
     from kdi_fast.engine.players import choose_players, encode_prompt
     from kdi_fast.engine.scheduler import segment_bounds
     from kdi_fast.engine.sparse import default_branching, design_masks, held_out_count, uniform_masks
@@ -122,8 +121,7 @@ def main() -> None:
         count = masks.shape[0]
         sample_size = min(args.sample, count)
         engine(masks[:8]), flat(masks[:8]), hf_values(engine, masks[:2], 2)  # warm-up, out of the timed rounds
-        share = engine.token_share(masks)
-        engine_path = "flat" if share > TRIE_MAX_TOKEN_SHARE else "prefix_tree"  # what path="auto" takes
+        share, engine_path = engine.token_share(masks), engine.planned_path(masks)
         seconds = {name: [] for name in paths}
         differences = {name: 0.0 for name in paths[1:]}  # against the first path, on each round's sample
         before = dict(engine.stats.as_dict())

@@ -144,10 +144,12 @@ def test_auto_runs_flat_when_the_trie_would_share_little(models, smollm_tokenize
     assert trie.stats.token_forwards > TRIE_MAX_TOKEN_SHARE * trie.stats.naive_token_forwards
     # token_share plans the same trie without a forward: the share the trie just ran
     assert trie.token_share(random) == pytest.approx(trie.stats.token_forwards / trie.stats.naive_token_forwards)
+    assert auto.planned_path(random) == "flat" and trie.planned_path(random) == "prefix_tree"
     torch.testing.assert_close(auto(random), expected, atol=1e-9, rtol=0)
     assert auto.stats.path == "flat" and "0." in auto.stats.fallback
     assert auto.stats.token_forwards == auto.stats.naive_token_forwards
     shared = random[:1].repeat(24, 1)
     shared[:, 17:] = torch.rand(24, 3, generator=g) < 0.5  # the same first 17 players
+    assert auto.planned_path(shared) == "prefix_tree"
     auto(shared)
     assert auto.stats.path == "prefix_tree"

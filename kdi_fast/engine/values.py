@@ -416,12 +416,22 @@ class ValueFunction:
         return build_trie(unique, order, bounds[1:-1], len(self.seq), self.max_tokens,
                           OVERHEAD_TOKENS.get(self.seq.input_ids.device.type, 16))
 
+    def _share(self, trie: MaskTrie, unique: Tensor) -> float:
+        return trie.token_forwards() / (unique.shape[0] * len(self.seq))
+
     def token_share(self, masks) -> float:
         """Token positions the prefix tree runs for `masks` [M, n] bool, as a share of those of independent
         forwards of their distinct masks (no forward is run); path="auto" runs them flat above
         TRIE_MAX_TOKEN_SHARE."""
         unique = torch.unique(as_mask_matrix(masks, self.n), dim=0)
-        return self._trie(unique).token_forwards() / (unique.shape[0] * len(self.seq))
+        return self._share(self._trie(unique), unique)
+
+    def planned_path(self, masks) -> str:
+        """"flat" or "prefix_tree": the path this function takes for `masks` (no forward is run; a model without
+        prefix-tree attention still falls back to flat when run)."""
+        if self.path == "flat" or (self.path == "auto" and self.token_share(masks) > TRIE_MAX_TOKEN_SHARE):
+            return "flat"
+        return "prefix_tree"
 
     def _run(self, unique: Tensor, dims: ModelDims, head_chunk: int, advance) -> Tensor:
         if self.path in ("auto", "prefix_tree"):
@@ -430,7 +440,7 @@ class ValueFunction:
             # caller's player order may differ: map the trie's leaves back to the rows of `unique`
             leaf_of = trie.node_of[-1]
             rows = _rows_per_level(trie, dims, self.budget, self.max_tokens)
-            share = trie.token_forwards() / (unique.shape[0] * len(self.seq))
+            share = self._share(trie, unique)
             if self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE:
                 self.stats.fallback = f"the trie would run {share:.2f} of the tokens of independent forwards"
                 return self._flat(unique, dims, head_chunk, advance)
