@@ -135,6 +135,12 @@ def test_update_readme_replaces_only_the_findings_block(tmp_path):
     assert text.startswith("# x\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
     assert "old table" not in text and "| sparser | embedding: 0.100 [0.050, 0.200] | **confirmed** |" in text
     assert "(3 runs, from `kdi study report --lab L --out O`" in text
+    calib = {"teacher": {"val_accuracy": 1.0, "test_accuracy": 0.995},
+             "students": {"student_s": {"parameters": 75000, "test_accuracy": {"mean": 0.6, "lo": 0.3, "hi": 0.8}}}}
+    update_readme(readme, found, runs=3, command="c", calib=calib)
+    text = readme.read_text()
+    assert "Teacher: val accuracy 1.000, test 0.995. No-KD (sft) students, test accuracy" in text
+    assert "student_s (75000 parameters): 0.600 [0.300, 0.800]." in text and text.endswith(f"{README_END}\nafter\n")
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="study-findings"):
         update_readme(readme, found, runs=3, command="c")

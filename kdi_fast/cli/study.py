@@ -105,9 +105,10 @@ def _report(args) -> int:
     if args.readme:
         from pathlib import Path
 
-        from ..study.report import update_readme
+        from ..study.report import calibration, update_readme
 
-        update_readme(args.readme, found, runs=len(list((Path(args.lab) / "runs").glob("*.json"))), command=command)
+        update_readme(args.readme, found, runs=len(list((Path(args.lab) / "runs").glob("*.json"))), command=command,
+                      calib=calibration(args.lab))
     for name, f in found.items():
         print(f"{name}: {f['verdict']}")
     return 0

@@ -190,6 +190,13 @@ def write_runs_csv(records, path: Path) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def _sft_scores(calib: dict) -> str:
+    """The no-KD (sft) students' test accuracy per size, one sentence."""
+    return "No-KD (sft) students, test accuracy (mean [95% CI] over seeds): " + "; ".join(
+        f"{size} ({e['parameters']} parameters): {_ci(e['test_accuracy'])}"
+        for size, e in calib["students"].items()) + "."
+
+
 README_BEGIN, README_END = "<!-- study-findings -->", "<!-- /study-findings -->"
 
 
@@ -210,9 +217,15 @@ def replace_readme_block(readme: str | Path, begin: str, end: str, body: list[st
     write_text_atomic(path, head + begin + "\n\n" + "\n".join(body) + "\n" + end + tail)
 
 
-def update_readme(readme: str | Path, found: dict, *, runs: int, command: str) -> None:
-    """Replace the text between README_BEGIN and README_END of `readme` by the lab's findings table."""
-    replace_readme_block(readme, README_BEGIN, README_END, [
+def update_readme(readme: str | Path, found: dict, *, runs: int, command: str, calib: dict | None = None) -> None:
+    """Replace the text between README_BEGIN and README_END of `readme` by the lab's findings table, preceded
+    by the teacher's and the no-KD students' accuracies when `calib` (calibration(lab_dir)) is given."""
+    scores = []
+    if calib is not None:
+        teacher = calib["teacher"]
+        scores = [f"Teacher: val accuracy {teacher['val_accuracy']:.3f}, test {teacher['test_accuracy']:.3f}. "
+                  + _sft_scores(calib), ""]
+    replace_readme_block(readme, README_BEGIN, README_END, [*scores,
         f"Findings of the lab grid ({runs} runs, from `{command}`; effect = mean [95% bootstrap CI over seeds]; "
         "interaction claims under pad-embedding / attention masking):", "", *findings_table(found)])
 
@@ -264,9 +277,7 @@ def write_report(lab_dir: str | Path, out_dir: str | Path, *, command: str = "",
             f"{key} {v['lr']:g} (val NLL / accuracy " + ", ".join(
                 f"{lr}: {v['val_nll'][lr]:.3f} / {v['val_accuracy'][lr]:.2f}" for lr in v["val_nll"]) + ")"
             for key, v in lrs.items()) + ".",
-        "No-KD (sft) students, test accuracy (mean [95% CI] over seeds): " + "; ".join(
-            f"{size} ({e['parameters']} parameters): {_ci(e['test_accuracy'])}"
-            for size, e in calib["students"].items()) + ".",
+        _sft_scores(calib),
         "Speed on the shared 2-core CPU (median over runs; two grid processes and other jobs sharing it): " + "; ".join(
             f"{k}: {v['steps_per_second']:.1f} steps/s" for k, v in calib["speed"].items()) +
         "; engine: " + f"{np.median([v['masks_per_second'] for v in calib['speed'].values()]):.0f} masks/s "
