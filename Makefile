@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.13.0 triton==3.7.1
 EXTRAS ?= models,metrics,data,trl,bench,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench experiment study study-real wheel clean
+.PHONY: setup demo test bench experiment study study-real shapiq-venv wheel clean
 
 CSRC := $(shell find csrc -type f 2>/dev/null)
 
@@ -45,6 +45,13 @@ study: setup
 # The study's real-model tier (SmolLM2 teacher; hours of CPU): resumable; rerun to continue.
 study-real: setup
 	$(PY) -m kdi_fast study real --out runs/study-real --report benchmarks/results/study/real
+
+# shapiq 1.8 (SPEX, ProxySPEX) for benchmarks/bench_sparse.py: Python >= 3.12, so a venv of its own
+# (under pyenv: make shapiq-venv PYTHON312="$$(pyenv root)/versions/3.12.1/bin/python").
+PYTHON312 ?= python3.12
+shapiq-venv:
+	$(PYTHON312) -m venv .venv-shapiq
+	.venv-shapiq/bin/pip install -q 'shapiq[sparse]==1.8.0' lightgbm
 
 wheel: setup
 	$(PIP) wheel --no-deps -w dist .

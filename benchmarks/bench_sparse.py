@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, results_dir, write_text_atomic  # noqa: E402
 
-DEFAULT_SHAPIQ = "/work/wt/shapiq-venv/bin/python"
+# shapiq 1.8 needs Python >= 3.12: its own venv, made by `make shapiq-venv` (or named by $KDI_SHAPIQ_PYTHON)
+DEFAULT_SHAPIQ = os.environ.get(
+    "KDI_SHAPIQ_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv-shapiq" / "bin" / "python"))
 
 
 def parse_grid(text: str) -> list[tuple[int, int]]:
@@ -136,8 +139,9 @@ def main() -> None:
     grid = parse_grid(args.grid)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if any(m != "kdi_fast" for m in methods) and not Path(args.shapiq_python).exists():
-        raise SystemExit(f"--shapiq-python {args.shapiq_python} not found: create it with PYENV_VERSION=3.12.1 "
-                         f"python3.12 -m venv DIR && DIR/bin/pip install 'shapiq[sparse]==1.8.0' lightgbm")
+        raise SystemExit(f"--shapiq-python {args.shapiq_python} not found: create it with `make shapiq-venv` "
+                         f"(python3.12 -m venv .venv-shapiq && .venv-shapiq/bin/pip install 'shapiq[sparse]==1.8.0' "
+                         f"lightgbm) or name another with --shapiq-python")
     tokenizer = load_tokenizer("smollm2")
     teacher = load_model("smollm2")
     model = teacher if args.layers >= teacher.config.num_hidden_layers else student_from_teacher(teacher, args.layers)
