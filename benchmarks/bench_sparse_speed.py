@@ -25,7 +25,7 @@ path="auto" is still recorded, planned without a forward).
 
 Model: SmolLM2-135M-Instruct
 cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic problem (seed 0) with n usable
-words, y* = --target-tokens greedy tokens, embedding masking. Writes benchmarks/results/<--output>.json.
+words, y* = --target-tokens greedy tokens (or --target), embedding masking. Writes benchmarks/results/<--output>.json.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--budgets", default="1000", help="comma-separated budgets Q")
     p.add_argument("--layers", type=int, default=2, help="layers of the SmolLM2 student (30 = the full model)")
-    p.add_argument("--target-tokens", type=int, default=2)
+    p.add_argument("--target-tokens", type=int, default=2, help="greedy tokens of y* (when no --target)")
+    p.add_argument("--target", default=None,
+                   help="y* as text, instead of the model's greedy tokens (a model whose greedy answer is empty)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sample", type=int, default=64, help="masks per round for the flat and hf_* paths")
     p.add_argument("--hf-batch", type=int, default=32, help="masks per forward of hf_batch<B>")
@@ -99,8 +101,8 @@ def main() -> None:
                  default=None)
     if prompt is None:
         raise SystemExit(f"no gsm_symbolic problem with {n} usable words; lower --n")
-    engine = ValueFunction.prepare(model, tokenizer, prompt, n_players=n, max_target_tokens=args.target_tokens,
-                                   exact_players=True)
+    engine = ValueFunction.prepare(model, tokenizer, prompt, target=args.target, n_players=n,
+                                   max_target_tokens=args.target_tokens, exact_players=True)
     flat = ValueFunction.prepare(model, tokenizer, prompt, players=[list(q) for q in engine.players],
                                  target_ids=engine.target_ids, path="flat")
     order = segment_bounds(engine.seq.owner, n)[1]
@@ -172,7 +174,8 @@ def main() -> None:
         write_text_atomic(out, json.dumps({
             "command": " ".join(["python", "benchmarks/bench_sparse_speed.py", *sys.argv[1:]]), "machine": machine(),
             "model": f"SmolLM2-135M-Instruct, {model.config.num_hidden_layers} layers", "prompt": prompt,
-            "prompt_tokens": len(engine.seq), "players": n, "rows": rows}, indent=1))
+            "prompt_tokens": len(engine.seq), "players": n, "target": tokenizer.decode(engine.target_ids),
+            "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
