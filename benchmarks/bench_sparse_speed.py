@@ -25,7 +25,8 @@ path="auto" is still recorded, planned without a forward).
 
 Model: SmolLM2-135M-Instruct
 cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic problem (seed 0) with n usable
-words, y* = --target-tokens greedy tokens (or --target), embedding masking. Writes benchmarks/results/<--output>.json.
+words, y* = --target-tokens greedy tokens (or --target), embedding masking. Writes
+benchmarks/results/<--output>.json.
 """
 
 from __future__ import annotations

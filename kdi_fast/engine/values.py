@@ -426,10 +426,14 @@ class ValueFunction:
         unique = torch.unique(as_mask_matrix(masks, self.n), dim=0)
         return self._share(self._trie(unique), unique)
 
+    def _auto_runs_flat(self, share: float) -> bool:
+        """The auto rule: path="auto" runs masks flat when the trie would run more than TRIE_MAX_TOKEN_SHARE."""
+        return self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE
+
     def planned_path(self, masks) -> str:
         """"flat" or "prefix_tree": the path this function takes for `masks` (no forward is run; a model without
         prefix-tree attention still falls back to flat when run)."""
-        if self.path == "flat" or (self.path == "auto" and self.token_share(masks) > TRIE_MAX_TOKEN_SHARE):
+        if self.path == "flat" or self._auto_runs_flat(self.token_share(masks)):
             return "flat"
         return "prefix_tree"
 
@@ -441,7 +445,7 @@ class ValueFunction:
             leaf_of = trie.node_of[-1]
             rows = _rows_per_level(trie, dims, self.budget, self.max_tokens)
             share = self._share(trie, unique)
-            if self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE:
+            if self._auto_runs_flat(share):
                 self.stats.fallback = f"the trie would run {share:.2f} of the tokens of independent forwards"
                 return self._flat(unique, dims, head_chunk, advance)
             try:
