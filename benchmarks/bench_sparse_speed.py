@@ -25,7 +25,8 @@ path="auto" is still recorded, planned without a forward).
 
 Model: SmolLM2-135M-Instruct
 cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic problem (seed 0) with n usable
-words, y* = --target-tokens greedy tokens (or --target), embedding masking. Writes
+words, y* = --target-tokens greedy tokens (or --target), --masking (embedding by default; under attention masking
+the engine's flat path runs only the kept tokens, the hf_* paths every token with an attention mask). Writes
 benchmarks/results/<--output>.json.
 """
 
@@ -73,6 +74,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sample", type=int, default=64, help="masks per round for the flat and hf_* paths")
     p.add_argument("--hf-batch", type=int, default=32, help="masks per forward of hf_batch<B>")
+    p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding")
     p.add_argument("--design", choices=("uniform", "forest"), default="uniform")
     p.add_argument("--paths", default="engine,flat,hf_batch,hf_batch1",
                    help="paths to time: engine (all the masks, every round), flat, hf_batch (--hf-batch masks per "
@@ -103,9 +105,11 @@ def main() -> None:
     if prompt is None:
         raise SystemExit(f"no gsm_symbolic problem with {n} usable words; lower --n")
     engine = ValueFunction.prepare(model, tokenizer, prompt, target=args.target, n_players=n,
-                                   max_target_tokens=args.target_tokens, exact_players=True)
+                                   max_target_tokens=args.target_tokens, exact_players=True,
+                                   masking=args.masking)
     flat = ValueFunction.prepare(model, tokenizer, prompt, players=[list(q) for q in engine.players],
-                                 target_ids=engine.target_ids, path="flat")
+                                 target_ids=engine.target_ids, path="flat",
+                                 masking=args.masking)
     order = segment_bounds(engine.seq.owner, n)[1]
     out = results_dir(args.quick) / f"{args.output}.json"
     known = {"engine": "engine", "flat": "flat", "hf_batch": f"hf_batch{args.hf_batch}", "hf_batch1": "hf_batch1"}
@@ -175,8 +179,8 @@ def main() -> None:
         write_text_atomic(out, json.dumps({
             "command": " ".join(["python", "benchmarks/bench_sparse_speed.py", *sys.argv[1:]]), "machine": machine(),
             "model": f"SmolLM2-135M-Instruct, {model.config.num_hidden_layers} layers", "prompt": prompt,
-            "prompt_tokens": len(engine.seq), "players": n, "target": tokenizer.decode(engine.target_ids),
-            "rows": rows}, indent=1))
+            "prompt_tokens": len(engine.seq), "players": n, "masking": args.masking,
+            "target": tokenizer.decode(engine.target_ids), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -57,10 +57,15 @@ def test_random_and_structured_masks_equal_full_forwards(models, smollm_tokenize
     assert function.stats.path == "prefix_tree"
     assert function.stats.evaluated == torch.unique(masks, dim=0).shape[0] < masks.shape[0]
     torch.testing.assert_close(values, naive(model, function, masks), atol=1e-9, rtol=0)
+    length = len(function.seq)
     flat = ValueFunction.prepare(model, smollm_tokenizer, PROMPT, target=" at dawn", masking=masking,
-                                 n_players=n, path="flat")
+                                 n_players=n, path="flat", max_batch_tokens=4 * length)  # 4 masks per forward
     torch.testing.assert_close(flat(masks), values, atol=1e-9, rtol=0)
-    assert flat.stats.path == "flat" and flat.stats.token_forwards == flat.stats.naive_token_forwards
+    assert flat.stats.path == "flat" and flat.stats.forwards == 7
+    if masking == "attention":  # hidden tokens do not run (batches sorted by kept length): fewer positions
+        assert flat.stats.token_forwards < 0.9 * flat.stats.naive_token_forwards
+    else:
+        assert flat.stats.token_forwards == flat.stats.naive_token_forwards
     # sharing: fewer token positions than independent full forwards of the same distinct masks
     assert function.stats.token_forwards < function.stats.naive_token_forwards
 
@@ -153,3 +158,26 @@ def test_auto_runs_flat_when_the_trie_would_share_little(models, smollm_tokenize
     assert auto.planned_path(shared) == "prefix_tree"
     auto(shared)
     assert auto.stats.path == "prefix_tree"
+
+
+def test_auto_rule_counts_the_tokens_attention_masking_skips(models, smollm_tokenizer):
+    """Under attention masking the flat path runs only the kept tokens, so "auto" weighs the trie's share against
+    the flat path's: masks sharing their first 10 of 20 players go through the trie with embedding masking
+    (share < TRIE_MAX_TOKEN_SHARE) but flat with attention masking (share > TRIE_MAX_TOKEN_SHARE * kept share)."""
+    from kdi_fast.engine.values import TRIE_MAX_TOKEN_SHARE
+
+    model = models["llama"]
+    g = torch.Generator().manual_seed(7)
+    masks = (torch.rand(1, 20, generator=g) < 0.5).repeat(24, 1)
+    masks[:, 10:] = torch.rand(24, 10, generator=g) < 0.5
+    by = {m: ValueFunction.prepare(model, smollm_tokenizer, PROMPT, target=" at dawn", n_players=20, masking=m)
+          for m in ("embedding", "attention")}
+    share = by["attention"].token_share(masks)
+    kept = by["attention"].seq.key_mask(0, len(by["attention"].seq), torch.unique(masks, dim=0)).float().mean()
+    assert TRIE_MAX_TOKEN_SHARE * kept < by["embedding"].token_share(masks) == share < TRIE_MAX_TOKEN_SHARE
+    assert by["embedding"].planned_path(masks) == "prefix_tree" and by["attention"].planned_path(masks) == "flat"
+    values = by["attention"](masks)
+    assert by["attention"].stats.path == "flat"
+    trie = ValueFunction.prepare(model, smollm_tokenizer, PROMPT, target=" at dawn", n_players=20,
+                                 masking="attention", path="prefix_tree")
+    torch.testing.assert_close(values, trie(masks), atol=1e-9, rtol=0)

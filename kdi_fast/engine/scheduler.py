@@ -316,24 +316,53 @@ def plan_flat(seq: MaskedSequence, dims: ModelDims, budget: int, max_tokens: int
 
 def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, prediction: list[int], masks: Tensor,
              rows: int, head_chunk: int, advance: Callable[[int], None] = lambda k: None) -> tuple[Tensor, RunStats]:
-    """log p(y*_l | x_T) [M, L] for `masks` [M]: each masked input in full, with the model's own attention."""
+    """log p(y*_l | x_T) [M, L] for `masks` [M]: each masked input in full, with the model's own attention.
+
+    Where the masking hides tokens from attention, a hidden token changes no other token's hidden state, so each
+    input runs without its hidden tokens (the kept ones at their own positions, right-padded in the batch): the
+    same values for ~the kept share of the token positions. The masks run sorted by kept length, to pad little."""
     device = seq.input_ids.device
     base = decoder(model)
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     out = torch.empty(masks.shape[0], target_ids.shape[0], dtype=dtype)
     prediction_t = torch.tensor(prediction, device=device)
     stats = RunStats(path="flat", rows_per_forward=[rows])
+    full = torch.arange(len(seq), device=device)
+    kept = seq.key_mask(0, len(seq), masks.to(device))  # [M, S] bool, or None: every token runs
+    order = torch.arange(masks.shape[0]) if kept is None else kept.sum(1).argsort(stable=True).cpu()
     for start in range(0, masks.shape[0], rows):
-        chunk = masks[start:start + rows].to(device)
+        index = order[start:start + rows]
+        chunk = masks[index].to(device)
         inputs = seq.full_inputs(chunk)
-        positions = torch.arange(len(seq), device=device)[None].expand(chunk.shape[0], -1)
+        if kept is None:
+            positions, at = full[None].expand(chunk.shape[0], -1), prediction_t[None].expand(chunk.shape[0], -1)
+        else:
+            inputs, positions, at = _without_hidden_tokens(inputs, kept[index.to(device)], prediction_t)
         hidden = base(**inputs, position_ids=positions, use_cache=False).last_hidden_state
-        out[start:start + chunk.shape[0]] = head_logprobs(model, hidden.index_select(1, prediction_t), target_ids,
-                                                          chunk_size=head_chunk).to(dtype).cpu()
+        hidden = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
+        out[index] = head_logprobs(model, hidden, target_ids, chunk_size=head_chunk).to(dtype).cpu()
         stats.forwards += 1
-        stats.token_forwards += chunk.shape[0] * len(seq)
+        stats.token_forwards += chunk.shape[0] * positions.shape[1]
         advance(chunk.shape[0])
     return out, stats
+
+
+def _without_hidden_tokens(inputs: dict[str, Tensor], kept: Tensor, prediction: Tensor
+                           ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The batch of full inputs [B, S, ...] cut to its kept tokens kept [B, S] bool, right-padded to the longest:
+    (inputs with attention_mask [B, K], position_ids [B, K] (each token's own position), where the prediction
+    positions [L] went [B, L])."""
+    if not bool(kept.index_select(1, prediction).all()):
+        raise ValueError("a position that predicts y* is hidden by the mask: it must not belong to a player")
+    lengths = kept.sum(1)
+    width = int(lengths.max())
+    where = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)[:, :width]  # kept positions first, in order
+    valid = torch.arange(width, device=kept.device)[None] < lengths[:, None]
+    cut = {k: v.gather(1, where if v.dim() == 2 else where[..., None].expand(-1, -1, v.shape[-1]))
+           for k, v in inputs.items() if k != "attention_mask"}
+    cut["attention_mask"] = valid.long()
+    at = (kept.cumsum(1) - 1).index_select(1, prediction)
+    return cut, where, at
 
 
 def all_mask_logprobs(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, prediction: list[int], *,

@@ -422,18 +422,25 @@ class ValueFunction:
     def token_share(self, masks) -> float:
         """Token positions the prefix tree runs for `masks` [M, n] bool, as a share of those of independent
         forwards of their distinct masks (no forward is run); path="auto" runs them flat above
-        TRIE_MAX_TOKEN_SHARE."""
+        TRIE_MAX_TOKEN_SHARE times the flat path's own share (1, or the kept tokens' under attention masking)."""
         unique = torch.unique(as_mask_matrix(masks, self.n), dim=0)
         return self._share(self._trie(unique), unique)
 
-    def _auto_runs_flat(self, share: float) -> bool:
-        """The auto rule: path="auto" runs masks flat when the trie would run more than TRIE_MAX_TOKEN_SHARE."""
-        return self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE
+    def _flat_share(self, unique: Tensor) -> float:
+        """The flat path's token positions as a share of full forwards: it skips the tokens attention hides."""
+        kept = self.seq.key_mask(0, len(self.seq), unique.to(self.seq.input_ids.device))
+        return 1.0 if kept is None else float(kept.float().mean())
+
+    def _auto_runs_flat(self, share: float, unique: Tensor) -> bool:
+        """The auto rule: path="auto" runs masks flat when the trie would run more than TRIE_MAX_TOKEN_SHARE of
+        the flat path's token positions."""
+        return self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE * self._flat_share(unique)
 
     def planned_path(self, masks) -> str:
         """"flat" or "prefix_tree": the path this function takes for `masks` (no forward is run; a model without
         prefix-tree attention still falls back to flat when run)."""
-        if self.path == "flat" or self._auto_runs_flat(self.token_share(masks)):
+        unique = torch.unique(as_mask_matrix(masks, self.n), dim=0)
+        if self.path == "flat" or self._auto_runs_flat(self._share(self._trie(unique), unique), unique):
             return "flat"
         return "prefix_tree"
 
@@ -445,8 +452,9 @@ class ValueFunction:
             leaf_of = trie.node_of[-1]
             rows = _rows_per_level(trie, dims, self.budget, self.max_tokens)
             share = self._share(trie, unique)
-            if self._auto_runs_flat(share):
-                self.stats.fallback = f"the trie would run {share:.2f} of the tokens of independent forwards"
+            if self._auto_runs_flat(share, unique):
+                self.stats.fallback = (f"the trie would run {share:.2f} of the tokens of independent forwards, the "
+                                       f"flat path {self._flat_share(unique):.2f}")
                 return self._flat(unique, dims, head_chunk, advance)
             try:
                 out = trie_logprobs(self.model, self.seq, self.target, self.prediction, trie, unique, rows, dims,
