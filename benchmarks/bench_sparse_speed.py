@@ -165,6 +165,8 @@ def main() -> None:
             row["token_share_including_samples"] = (engine_stats["token_forwards"]
                                                     / engine_stats["naive_token_forwards"])
         row["token_share"] = share  # of the prefix tree on all the masks, planned without a forward
+        if "flat" in paths:  # < 1 under attention masking (hidden tokens do not run), padding included
+            row["flat_token_share"] = flat.stats.token_forwards / flat.stats.naive_token_forwards
         row["engine_path"] = engine_path  # the path "auto" takes on all the masks
         for reference in [p for p in ("engine", "flat") if p in paths]:
             for name in paths[paths.index(reference) + 1:]:
