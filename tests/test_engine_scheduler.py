@@ -165,9 +165,11 @@ def test_memory_budget_bounds_the_measured_working_memory(tiny_lm):
         plan_tree(seq, prediction, dims, 1000, 4096)
 
 
-def test_unsupported_attention_falls_back_to_full_forwards(tiny_lm):
+@pytest.mark.parametrize("masking", ["embedding", "attention"])
+def test_unsupported_attention_falls_back_to_full_forwards(tiny_lm, masking):
     """A sliding window shorter than the sequence: the prefix tree refuses, the flat path uses the model's own
-    attention and still equals the naive computation."""
+    attention and still equals the naive computation (under attention masking it keeps the hidden tokens: a
+    window counts sequence places, so dropping them would let farther tokens in)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -176,7 +178,7 @@ def test_unsupported_attention_falls_back_to_full_forwards(tiny_lm):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).double().eval()
     owner, prompt_len = LAYOUTS["spread"]
-    seq, target, prediction = _sequence(model, owner + [-1] * 2, "embedding", prompt_len=prompt_len)
+    seq, target, prediction = _sequence(model, owner + [-1] * 2, masking, prompt_len=prompt_len)
     with pytest.warns(UserWarning, match="sliding-window"):
         got, stats = all_mask_logprobs(model, seq, target, prediction, budget=1 << 30)
     assert stats.path == "flat" and "sliding" in stats.fallback_reason

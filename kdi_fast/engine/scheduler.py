@@ -320,7 +320,8 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
 
     Where the masking hides tokens from attention, a hidden token changes no other token's hidden state, so each
     input runs without its hidden tokens (the kept ones at their own positions, right-padded in the batch): the
-    same values for ~the kept share of the token positions. The masks run sorted by kept length, to pad little."""
+    same values for ~the kept share of the token positions. The masks run sorted by kept length, to pad little.
+    Not for attention windows shorter than the sequence (see _window_free): a window counts sequence places."""
     device = seq.input_ids.device
     base = decoder(model)
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
@@ -328,7 +329,7 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     prediction_t = torch.tensor(prediction, device=device)
     stats = RunStats(path="flat", rows_per_forward=[rows])
     full = torch.arange(len(seq), device=device)
-    kept = seq.key_mask(0, len(seq), masks.to(device))  # [M, S] bool, or None: every token runs
+    kept = seq.key_mask(0, len(seq), masks.to(device)) if window_free(model, len(seq)) else None  # [M, S] bool
     order = torch.arange(masks.shape[0]) if kept is None else kept.sum(1).argsort(stable=True).cpu()
     for start in range(0, masks.shape[0], rows):
         index = order[start:start + rows]
@@ -345,6 +346,22 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
         stats.token_forwards += chunk.shape[0] * positions.shape[1]
         advance(chunk.shape[0])
     return out, stats
+
+
+def window_free(model: nn.Module, length: int) -> bool:
+    """Whether every layer of `model` attends to all earlier tokens of a `length`-token input (no sliding or
+    chunked window that cuts it), so that which tokens sit between two others does not change attention."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    types = getattr(config, "layer_types", None)
+    if getattr(config, "attention_chunk_size", None) or any("chunk" in str(t) for t in types or ()):
+        return False
+    window = getattr(config, "sliding_window", None)
+    if types is not None:
+        windowed = any("sliding" in str(t) for t in types)
+    else:
+        windowed = window is not None and getattr(config, "use_sliding_window", True)
+    return not windowed or (window is not None and length <= window)
 
 
 def _without_hidden_tokens(inputs: dict[str, Tensor], kept: Tensor, prediction: Tensor

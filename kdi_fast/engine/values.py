@@ -39,7 +39,7 @@ from .memory import default_memory_budget, parse_memory
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
 from .prefix_attention import STATE_KWARG, TreeState, Unsupported
 from .scheduler import (CPU_MAX_TOKENS_PER_FORWARD, GPU_MAX_TOKENS_PER_FORWARD, ModelDims, fit_rows,
-                        prefix_tree_attention, run_flat, segment_bounds)
+                        prefix_tree_attention, run_flat, segment_bounds, window_free)
 from .target import greedy_target, tokenize_target
 from .value import DEFAULT_EPS, values_from_logprobs
 
@@ -428,6 +428,8 @@ class ValueFunction:
 
     def _flat_share(self, unique: Tensor) -> float:
         """The flat path's token positions as a share of full forwards: it skips the tokens attention hides."""
+        if not window_free(self.model, len(self.seq)):
+            return 1.0
         kept = self.seq.key_mask(0, len(self.seq), unique.to(self.seq.input_ids.device))
         return 1.0 if kept is None else float(kept.float().mean())
 
