@@ -41,7 +41,8 @@ def models():
     return {arch: tiny_causal_lm(arch, seed=5).double() for arch in ("llama", "gpt2")}
 
 
-@pytest.mark.parametrize("arch,masking", [("llama", "embedding"), ("gpt2", "token"), ("llama", "attention")])
+@pytest.mark.parametrize("arch,masking", [("llama", "embedding"), ("gpt2", "token"), ("llama", "attention"),
+                                          ("gpt2", "attention")])
 def test_random_and_structured_masks_equal_full_forwards(models, smollm_tokenizer, arch, masking):
     model = models[arch]
     g = torch.Generator().manual_seed(3)
