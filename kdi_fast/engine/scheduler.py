@@ -321,7 +321,7 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     Where the masking hides tokens from attention, a hidden token changes no other token's hidden state, so each
     input runs without its hidden tokens (the kept ones at their own positions, right-padded in the batch): the
     same values for ~the kept share of the token positions. The masks run sorted by kept length, to pad little.
-    Not for attention windows shorter than the sequence (see _window_free): a window counts sequence places."""
+    Not for attention windows shorter than the sequence (window_free): a window counts sequence places."""
     device = seq.input_ids.device
     base = decoder(model)
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
