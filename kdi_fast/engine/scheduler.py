@@ -321,7 +321,7 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     Where the masking hides tokens from attention, a hidden token changes no other token's hidden state, so each
     input runs without its hidden tokens (the kept ones at their own positions, right-padded in the batch): the
     same values for ~the kept share of the token positions. The masks run sorted by kept length, to pad little.
-    Not for attention windows shorter than the sequence (window_free): a window counts sequence places."""
+    Not for attention windows shorter than the sequence (_window_free): a window counts sequence places."""
     device = seq.input_ids.device
     base = decoder(model)
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
@@ -329,7 +329,7 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     prediction_t = torch.tensor(prediction, device=device)
     stats = RunStats(path="flat", rows_per_forward=[rows])
     full = torch.arange(len(seq), device=device)
-    kept = seq.key_mask(0, len(seq), masks.to(device)) if window_free(model, len(seq)) else None  # [M, S] bool
+    kept = kept_tokens(model, seq, masks)
     order = torch.arange(masks.shape[0]) if kept is None else kept.sum(1).argsort(stable=True).cpu()
     for start in range(0, masks.shape[0], rows):
         index = order[start:start + rows]
@@ -348,7 +348,15 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     return out, stats
 
 
-def window_free(model: nn.Module, length: int) -> bool:
+def kept_tokens(model: nn.Module, seq: MaskedSequence, masks: Tensor) -> Tensor | None:
+    """[M, S] bool: the tokens the flat path runs for each of `masks` [M] (those attention does not hide), or
+    None when it runs every token (no hidden tokens, or an attention window that could cut the input)."""
+    if not _window_free(model, len(seq)):
+        return None
+    return seq.key_mask(0, len(seq), masks.to(seq.input_ids.device))
+
+
+def _window_free(model: nn.Module, length: int) -> bool:
     """Whether every layer of `model` attends to all earlier tokens of a `length`-token input (no sliding or
     chunked window that cuts it), so that which tokens sit between two others does not change attention."""
     config = getattr(model, "config", None)

@@ -39,7 +39,7 @@ from .memory import default_memory_budget, parse_memory
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
 from .prefix_attention import STATE_KWARG, TreeState, Unsupported
 from .scheduler import (CPU_MAX_TOKENS_PER_FORWARD, GPU_MAX_TOKENS_PER_FORWARD, ModelDims, fit_rows,
-                        prefix_tree_attention, run_flat, segment_bounds, window_free)
+                        kept_tokens, prefix_tree_attention, run_flat, segment_bounds)
 from .target import greedy_target, tokenize_target
 from .value import DEFAULT_EPS, values_from_logprobs
 
@@ -428,21 +428,20 @@ class ValueFunction:
 
     def _flat_share(self, unique: Tensor) -> float:
         """The flat path's token positions as a share of full forwards: it skips the tokens attention hides."""
-        if not window_free(self.model, len(self.seq)):
-            return 1.0
-        kept = self.seq.key_mask(0, len(self.seq), unique.to(self.seq.input_ids.device))
+        kept = kept_tokens(self.model, self.seq, unique)
         return 1.0 if kept is None else float(kept.float().mean())
 
-    def _auto_runs_flat(self, share: float, unique: Tensor) -> bool:
+    def _auto_runs_flat(self, share: float, flat_share: float) -> bool:
         """The auto rule: path="auto" runs masks flat when the trie would run more than TRIE_MAX_TOKEN_SHARE of
         the flat path's token positions."""
-        return self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE * self._flat_share(unique)
+        return self.path == "auto" and share > TRIE_MAX_TOKEN_SHARE * flat_share
 
     def planned_path(self, masks) -> str:
         """"flat" or "prefix_tree": the path this function takes for `masks` (no forward is run; a model without
         prefix-tree attention still falls back to flat when run)."""
         unique = torch.unique(as_mask_matrix(masks, self.n), dim=0)
-        if self.path == "flat" or self._auto_runs_flat(self._share(self._trie(unique), unique), unique):
+        if self.path == "flat" or self._auto_runs_flat(self._share(self._trie(unique), unique),
+                                                         self._flat_share(unique)):
             return "flat"
         return "prefix_tree"
 
@@ -454,9 +453,10 @@ class ValueFunction:
             leaf_of = trie.node_of[-1]
             rows = _rows_per_level(trie, dims, self.budget, self.max_tokens)
             share = self._share(trie, unique)
-            if self._auto_runs_flat(share, unique):
+            flat_share = self._flat_share(unique)
+            if self._auto_runs_flat(share, flat_share):
                 self.stats.fallback = (f"the trie would run {share:.2f} of the tokens of independent forwards, the "
-                                       f"flat path {self._flat_share(unique):.2f}")
+                                       f"flat path {flat_share:.2f}")
                 return self._flat(unique, dims, head_chunk, advance)
             try:
                 out = trie_logprobs(self.model, self.seq, self.target, self.prediction, trie, unique, rows, dims,
