@@ -25,8 +25,10 @@ path="auto" is still recorded, planned without a forward).
 
 Model: SmolLM2-135M-Instruct
 cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic problem (seed 0) with n usable
-words, y* = --target-tokens greedy tokens (or --target), --masking (embedding by default; under attention masking
-the engine's flat path runs only the kept tokens, the hf_* paths every token with an attention mask). Writes
+words (--chat-template: in the chat template), y* = --target-tokens greedy tokens (or --target), --masking
+(embedding by default; under attention masking the engine's flat path runs only the kept tokens, the hf_* paths
+every token with an attention mask). The engine's flat path runs the tokens before the first player (the chat
+template's system turn) once for all masks; the hf_* paths run them in every forward. Writes
 benchmarks/results/<--output>.json.
 """
 
@@ -75,6 +77,9 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=64, help="masks per round for the flat and hf_* paths")
     p.add_argument("--hf-batch", type=int, default=32, help="masks per forward of hf_batch<B>")
     p.add_argument("--masking", choices=("embedding", "token", "attention"), default="embedding")
+    p.add_argument("--chat-template", action="store_true",
+                   help="the prompt in SmolLM2's chat template (its system turn: a prefix the engine runs once for "
+                        "all masks, the hf_* paths in every forward)")
     p.add_argument("--design", choices=("uniform", "forest"), default="uniform")
     p.add_argument("--paths", default="engine,flat,hf_batch,hf_batch1",
                    help="paths to time: engine (all the masks, every round), flat, hf_batch (--hf-batch masks per "
@@ -90,7 +95,7 @@ def main() -> None:
     from kdi_fast.data import load_gsm_symbolic
     from kdi_fast.engine import ValueFunction
     from kdi_fast.engine.players import choose_players, encode_prompt
-    from kdi_fast.engine.scheduler import segment_bounds
+    from kdi_fast.engine.scheduler import segment_bounds, shared_prefix
     from kdi_fast.engine.sparse import default_branching, design_masks, held_out_count, uniform_masks
     from kdi_fast.models import load_model, load_tokenizer, student_from_teacher
 
@@ -106,10 +111,10 @@ def main() -> None:
         raise SystemExit(f"no gsm_symbolic problem with {n} usable words; lower --n")
     engine = ValueFunction.prepare(model, tokenizer, prompt, target=args.target, n_players=n,
                                    max_target_tokens=args.target_tokens, exact_players=True,
-                                   masking=args.masking)
+                                   masking=args.masking, chat_template=args.chat_template)
     flat = ValueFunction.prepare(model, tokenizer, prompt, players=[list(q) for q in engine.players],
                                  target_ids=engine.target_ids, path="flat",
-                                 masking=args.masking)
+                                 masking=args.masking, chat_template=args.chat_template)
     order = segment_bounds(engine.seq.owner, n)[1]
     out = results_dir(args.quick) / f"{args.output}.json"
     known = {"engine": "engine", "flat": "flat", "hf_batch": f"hf_batch{args.hf_batch}", "hf_batch1": "hf_batch1"}
@@ -182,6 +187,8 @@ def main() -> None:
             "command": " ".join(["python", "benchmarks/bench_sparse_speed.py", *sys.argv[1:]]), "machine": machine(),
             "model": f"SmolLM2-135M-Instruct, {model.config.num_hidden_layers} layers", "prompt": prompt,
             "prompt_tokens": len(engine.seq), "players": n, "masking": args.masking,
+            "chat_template": args.chat_template,
+            "shared_prefix_tokens": shared_prefix(model, engine.seq, engine.prediction),
             "target": tokenizer.decode(engine.target_ids), "rows": rows}, indent=1))
 
 

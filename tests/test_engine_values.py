@@ -71,6 +71,32 @@ def test_random_and_structured_masks_equal_full_forwards(models, smollm_tokenize
     assert function.stats.token_forwards < function.stats.naive_token_forwards
 
 
+@pytest.mark.parametrize("arch,masking", [("llama", "embedding"), ("gpt2", "embedding"), ("llama", "attention"),
+                                          ("gpt2", "attention")])
+def test_flat_path_runs_the_chat_prefix_once(models, smollm_tokenizer, arch, masking):
+    """With a chat template every masked input starts with the same system turn: the flat path runs it once and
+    continues every batch from its key/value cache, with the values of full forwards."""
+    from kdi_fast.engine.scheduler import shared_prefix
+
+    model = models[arch]
+    g = torch.Generator().manual_seed(4)
+    masks = torch.cat([torch.rand(10, 12, generator=g) < 0.5, torch.zeros(1, 12, dtype=torch.bool)])
+    flat = ValueFunction.prepare(model, smollm_tokenizer, PROMPT, target=" at dawn", masking=masking, n_players=12,
+                                 chat_template=True, path="flat", max_batch_tokens=4 * 80)
+    values = flat(masks)
+    torch.testing.assert_close(values, naive(model, flat, masks), atol=1e-9, rtol=0)
+    shared = shared_prefix(model, flat.seq, flat.prediction)
+    first = int((flat.seq.owner >= 0).nonzero()[0])
+    assert shared == first > 10  # the system turn and the user header
+    length, m = len(flat.seq), masks.shape[0]
+    if masking == "embedding":
+        assert flat.stats.token_forwards == shared + m * (length - shared)
+    else:  # the hidden tokens do not run either (padding aside)
+        assert shared + m * (length - shared) > flat.stats.token_forwards
+    assert flat.planned_path(masks) == "flat"
+    assert flat._flat_share(masks) <= (shared + m * (length - shared)) / (m * length)
+
+
 def test_small_batches_and_bit_masks_match_the_exact_engine(models, smollm_tokenizer):
     """n = 6, all 64 masks as 1-D bit masks, tiny batches (many trie batches): the exact engine's values."""
     model = models["llama"]

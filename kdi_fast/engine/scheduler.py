@@ -15,15 +15,18 @@ are 2r and 2r + 1 (the new player absent, present). With max_order=K only the no
 present exist (a node with K present has one child), so only the masks of at most K players are evaluated.
 Results come in the layout of kdi_fast.subsets(n, max_order), by mask in the caller's player order.
 
-The flat path (models whose attention cannot be plugged in): every masked input in full, in batches, with the
-model's own attention; the LM head still only at the target positions.
+The flat path (models whose attention cannot be plugged in, and mask sets that share little): every masked input
+in full, in batches, with the model's own attention, after the tokens before the first player, which run once
+(their key/value cache is shared); the LM head still only at the target positions.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -314,10 +317,14 @@ def plan_flat(seq: MaskedSequence, dims: ModelDims, budget: int, max_tokens: int
     return int(min(rows, masks))
 
 
+@torch.no_grad()
 def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, prediction: list[int], masks: Tensor,
              rows: int, head_chunk: int, advance: Callable[[int], None] = lambda k: None) -> tuple[Tensor, RunStats]:
-    """log p(y*_l | x_T) [M, L] for `masks` [M]: each masked input in full, with the model's own attention.
+    """log p(y*_l | x_T) [M, L] for `masks` [M]: each masked input in full, with the model's own attention
+    (values only: no autograd graph).
 
+    The tokens before the first player (e.g. a chat template's system turn) are the same in every masked input:
+    they run once, and every batch continues from their key/value cache (shared_prefix).
     Where the masking hides tokens from attention, a hidden token changes no other token's hidden state, so each
     input runs without its hidden tokens (the kept ones at their own positions, right-padded in the batch): the
     same values for ~the kept share of the token positions. The masks run sorted by kept length, to pad little.
@@ -326,26 +333,80 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     base = decoder(model)
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     out = torch.empty(masks.shape[0], target_ids.shape[0], dtype=dtype)
-    prediction_t = torch.tensor(prediction, device=device)
+    shared = shared_prefix(model, seq, prediction)
+    at_tail = torch.tensor(prediction, device=device) - shared
     stats = RunStats(path="flat", rows_per_forward=[rows])
-    full = torch.arange(len(seq), device=device)
+    cache = _prefix_cache(base, seq, shared, masks[:1].to(device)) if shared else None
+    stats.token_forwards += shared
+    tail = torch.arange(shared, len(seq), device=device)
     kept = kept_tokens(model, seq, masks)
     order = torch.arange(masks.shape[0]) if kept is None else kept.sum(1).argsort(stable=True).cpu()
     for start in range(0, masks.shape[0], rows):
         index = order[start:start + rows]
         chunk = masks[index].to(device)
-        inputs = seq.full_inputs(chunk)
+        batch = chunk.shape[0]
+        inputs = seq.inputs(shared, len(seq), chunk)
         if kept is None:
-            positions, at = full[None].expand(chunk.shape[0], -1), prediction_t[None].expand(chunk.shape[0], -1)
+            positions, at = tail[None].expand(batch, -1), at_tail[None].expand(batch, -1)
+            keys = seq.key_mask(shared, len(seq), chunk)  # tokens hidden in place (a window that is not free)
+            attention = None if keys is None else keys.long()
         else:
-            inputs, positions, at = _without_hidden_tokens(inputs, kept[index.to(device)], prediction_t)
-        hidden = base(**inputs, position_ids=positions, use_cache=False).last_hidden_state
+            inputs, positions, at = _without_hidden_tokens(inputs, kept[index.to(device), shared:], at_tail)
+            positions = positions + shared
+            attention = inputs.pop("attention_mask")
+        if cache is not None:
+            if attention is not None:
+                attention = torch.cat([attention.new_ones(batch, shared), attention], 1)
+            inputs[_cache_argument(base)] = _expanded_cache(cache, batch)
+        hidden = base(**inputs, attention_mask=attention, position_ids=positions,
+                      use_cache=cache is not None).last_hidden_state
         hidden = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
         out[index] = head_logprobs(model, hidden, target_ids, chunk_size=head_chunk).to(dtype).cpu()
         stats.forwards += 1
-        stats.token_forwards += chunk.shape[0] * positions.shape[1]
-        advance(chunk.shape[0])
+        stats.token_forwards += batch * positions.shape[1]
+        advance(batch)
     return out, stats
+
+
+def shared_prefix(model: nn.Module, seq: MaskedSequence, prediction: list[int]) -> int:
+    """How many leading tokens the flat path runs once for all masks: those before the first player's first
+    token (none of them is masked), or 0 where the decoder takes no key/value cache."""
+    players = (seq.owner >= 0).nonzero()
+    first = int(players[0]) if players.numel() else len(seq)
+    if _cache_argument(decoder(model)) is None:
+        return 0
+    return max(0, min(first, min(prediction)))
+
+
+def _cache_argument(base: nn.Module) -> str | None:
+    """The name under which the decoder takes a key/value cache ("cache" from transformers 5.2x on, before that
+    "past_key_values"), or None."""
+    parameters = inspect.signature(base.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def _prefix_cache(base: nn.Module, seq: MaskedSequence, shared: int, mask: Tensor):
+    """The decoder's key/value cache of tokens 0..shared-1 (batch 1); `mask` [1] is any mask (none of these
+    tokens belongs to a player)."""
+    positions = torch.arange(shared, device=seq.input_ids.device)[None]
+    output = base(**seq.inputs(0, shared, mask), position_ids=positions, use_cache=True)
+    return getattr(output, _cache_argument(base))
+
+
+def _expanded_cache(cache, rows: int):
+    """A copy of a batch-1 cache for `rows` inputs (a forward appends to the cache it is given)."""
+    copy = deepcopy(cache)
+    copy.batch_repeat_interleave(rows)
+    return copy
+
+
+def flat_token_share(model: nn.Module, seq: MaskedSequence, masks: Tensor, prediction: list[int]) -> float:
+    """The flat path's token positions for `masks` [M] as a share of those of independent full forwards: the
+    shared prefix once, then each input's kept tokens (all of them where attention hides none)."""
+    shared = shared_prefix(model, seq, prediction)
+    kept = kept_tokens(model, seq, masks)
+    tail = (len(seq) - shared) * masks.shape[0] if kept is None else int(kept[:, shared:].sum())
+    return (shared + tail) / (masks.shape[0] * len(seq))
 
 
 def kept_tokens(model: nn.Module, seq: MaskedSequence, masks: Tensor) -> Tensor | None:

@@ -39,7 +39,7 @@ from .memory import default_memory_budget, parse_memory
 from .players import EncodedPrompt, encode_prompt, player_of_token, player_texts, resolve_players
 from .prefix_attention import STATE_KWARG, TreeState, Unsupported
 from .scheduler import (CPU_MAX_TOKENS_PER_FORWARD, GPU_MAX_TOKENS_PER_FORWARD, ModelDims, fit_rows,
-                        kept_tokens, prefix_tree_attention, run_flat, segment_bounds)
+                        flat_token_share, prefix_tree_attention, run_flat, segment_bounds)
 from .target import greedy_target, tokenize_target
 from .value import DEFAULT_EPS, values_from_logprobs
 
@@ -427,9 +427,9 @@ class ValueFunction:
         return self._share(self._trie(unique), unique)
 
     def _flat_share(self, unique: Tensor) -> float:
-        """The flat path's token positions as a share of full forwards: it skips the tokens attention hides."""
-        kept = kept_tokens(self.model, self.seq, unique)
-        return 1.0 if kept is None else float(kept.float().mean())
+        """The flat path's token positions as a share of full forwards: it runs the shared prefix once and skips
+        the tokens attention hides."""
+        return flat_token_share(self.model, self.seq, unique, self.prediction)
 
     def _auto_runs_flat(self, share: float, flat_share: float) -> bool:
         """The auto rule: path="auto" runs masks flat when the trie would run more than TRIE_MAX_TOKEN_SHARE of
