@@ -337,6 +337,7 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     at_tail = torch.tensor(prediction, device=device) - shared
     stats = RunStats(path="flat", rows_per_forward=[rows])
     cache = _prefix_cache(base, seq, shared, masks[:1].to(device)) if shared else None
+    cache_argument = _cache_argument(base)
     stats.token_forwards += shared
     tail = torch.arange(shared, len(seq), device=device)
     kept = kept_tokens(model, seq, masks)
@@ -357,7 +358,7 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
         if cache is not None:
             if attention is not None:
                 attention = torch.cat([attention.new_ones(batch, shared), attention], 1)
-            inputs[_cache_argument(base)] = _expanded_cache(cache, batch)
+            inputs[cache_argument] = _expanded_cache(cache, batch)
         hidden = base(**inputs, attention_mask=attention, position_ids=positions,
                       use_cache=cache is not None).last_hidden_state
         hidden = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
