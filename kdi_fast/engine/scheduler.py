@@ -336,8 +336,8 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
     shared = shared_prefix(model, seq, prediction)
     at_tail = torch.tensor(prediction, device=device) - shared
     stats = RunStats(path="flat", rows_per_forward=[rows])
-    cache = _prefix_cache(base, seq, shared, masks[:1].to(device)) if shared else None
     cache_argument = _cache_argument(base)
+    cache = _prefix_cache(base, cache_argument, seq, shared, masks[:1].to(device)) if shared else None
     stats.token_forwards += shared
     tail = torch.arange(shared, len(seq), device=device)
     kept = kept_tokens(model, seq, masks)
@@ -372,11 +372,10 @@ def run_flat(model: nn.Module, seq: MaskedSequence, target_ids: Tensor, predicti
 def shared_prefix(model: nn.Module, seq: MaskedSequence, prediction: list[int]) -> int:
     """How many leading tokens the flat path runs once for all masks: those before the first player's first
     token (none of them is masked), or 0 where the decoder takes no key/value cache."""
-    players = (seq.owner >= 0).nonzero()
-    first = int(players[0]) if players.numel() else len(seq)
     if _cache_argument(decoder(model)) is None:
         return 0
-    return max(0, min(first, min(prediction)))
+    first = segment_bounds(seq.owner, seq.n)[0][1]  # the end of the trie's segment 0
+    return min(first, min(prediction))
 
 
 def _cache_argument(base: nn.Module) -> str | None:
@@ -386,12 +385,12 @@ def _cache_argument(base: nn.Module) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
-def _prefix_cache(base: nn.Module, seq: MaskedSequence, shared: int, mask: Tensor):
-    """The decoder's key/value cache of tokens 0..shared-1 (batch 1); `mask` [1] is any mask (none of these
-    tokens belongs to a player)."""
+def _prefix_cache(base: nn.Module, cache_argument: str, seq: MaskedSequence, shared: int, mask: Tensor):
+    """The decoder's key/value cache of tokens 0..shared-1 (batch 1), as its output names it (cache_argument);
+    `mask` [1] is any mask (none of these tokens belongs to a player)."""
     positions = torch.arange(shared, device=seq.input_ids.device)[None]
     output = base(**seq.inputs(0, shared, mask), position_ids=positions, use_cache=True)
-    return getattr(output, _cache_argument(base))
+    return getattr(output, cache_argument)
 
 
 def _expanded_cache(cache, rows: int):
