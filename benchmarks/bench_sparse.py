@@ -124,7 +124,11 @@ def main() -> None:
                         "prefix-sharing forest (engine.sparse.design_masks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--problems", type=int, default=200,
-                   help="gsm_symbolic problems to choose prompts from (400 holds one with 128 words; 200 none)")
+                   help="gsm_symbolic problems to choose prompts from (400 holds one with 128 words, 3,000 hold 31)")
+    p.add_argument("--prompts", type=int, default=1,
+                   help="prompts per (n, budget): the shortest problems with n usable words; the summary gives each "
+                        "method's mean R^2 and kdi_fast's paired lead over the others, with 95%% t-intervals over "
+                        "prompts")
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
     p.add_argument("--output", default="sparse", help="file stem under benchmarks/results (default sparse)")
     args = p.parse_args()
@@ -148,16 +152,17 @@ def main() -> None:
     model.eval()
     problems = [q["question"] for q in load_gsm_symbolic(args.problems, seed=args.seed)]
     rows = []
-    exact_tops: dict[int, tuple[set, set]] = {}  # n -> (exact top k, exact top k among orders <= 3)
+    exact_tops: dict[tuple, tuple[set, set]] = {}  # (n, prompt) -> (exact top k, exact top k among orders <= 3)
     out_dir = results_dir(args.quick)
+    work = []
     for n, budget in grid:
-        # the shortest problem with n usable words (short prompts keep the CPU grid small)
-        prompt = min((q for q in problems if len(choose_players(encode_prompt(tokenizer, q), n)) >= n), key=len,
-                     default=None)
-        if prompt is None:
-            print(f"n={n}: none of {args.problems} gsm_symbolic problems has {n} words; skipped (raise --problems)",
-                  flush=True)
-            continue
+        # the shortest problems with n usable words (short prompts keep the CPU grid small)
+        fitting = sorted((q for q in problems if len(choose_players(encode_prompt(tokenizer, q), n)) >= n), key=len)
+        if len(fitting) < args.prompts:
+            print(f"n={n}: {len(fitting)} of {args.problems} gsm_symbolic problems have {n} words, {args.prompts} "
+                  f"asked; {'skipped' if not fitting else 'using those'} (raise --problems)", flush=True)
+        work += [(n, budget, i, prompt) for i, prompt in enumerate(fitting[:args.prompts])]
+    for n, budget, prompt_index, prompt in work:
         function = ValueFunction.prepare(model, tokenizer, prompt, n_players=n, max_target_tokens=args.target_tokens,
                                          exact_players=True)
         flat = ValueFunction.prepare(model, tokenizer, prompt, players=[list(q) for q in function.players],
@@ -171,8 +176,8 @@ def main() -> None:
         t0 = time.perf_counter()
         flat(flat_sample)
         flat_per_mask = (time.perf_counter() - t0) / args.flat_sample
-        exact_top = exact_tops.get(n)
-        if n <= args.exact_max and exact_top is None:  # once per n: the prompt, players and y* depend on n only
+        exact_top = exact_tops.get((n, prompt))
+        if n <= args.exact_max and exact_top is None:  # once per n and prompt: players and y* depend on them only
             exact = compute_interactions(model, tokenizer, [prompt], players=[[list(q) for q in function.players]],
                                          like=None, targets=[tokenizer.decode(function.target_ids)],
                                          progress=False)[0]
@@ -180,12 +185,13 @@ def main() -> None:
                 raise SystemExit(f"n={n}: the exact run's y* {exact.target_ids} differs from {function.target_ids}")
             subsets = [tuple(i for i in range(n) if m >> i & 1) for m in range(1 << n)]
             terms_exact = list(zip(subsets, exact.interactions.tolist()))
-            exact_top = exact_tops[n] = (top_k(terms_exact, args.top_k),
+            exact_top = exact_tops[(n, prompt)] = (top_k(terms_exact, args.top_k),
                                          top_k([t for t in terms_exact if len(t[0]) <= 3], args.top_k))
-        base = {"n": n, "budget": budget, "prompt_words": len(function.encoded.words),
+        base = {"n": n, "budget": budget, "prompt": prompt_index, "prompt_words": len(function.encoded.words),
                 "tokens": len(function.seq), "layers": model.config.num_hidden_layers,
                 "flat_seconds_per_mask": flat_per_mask, "test_masks": args.test, "test_seconds": test_seconds}
-        print(f"n={n} budget={budget}: prompt of {base['prompt_words']} words, {base['tokens']} tokens; "
+        print(f"n={n} budget={budget}: prompt {prompt_index} of {base['prompt_words']} words, "
+              f"{base['tokens']} tokens; "
               f"flat {flat_per_mask:.3f} s/mask", flush=True)
         for method in methods:
             row = dict(base, method=method)
@@ -239,25 +245,61 @@ def main() -> None:
                                    if k not in base), flush=True)
             write_text_atomic(out_dir / f"{args.output}.json", json.dumps(
                 {"command": " ".join(["python", "benchmarks/bench_sparse.py", *sys.argv[1:]]),
-                 "machine": machine(), "rows": rows}, indent=1))
-    write_text_atomic(out_dir / f"{args.output}.md", markdown(rows, args.top_k))
+                 "machine": machine(), "rows": rows, "summary": summary(rows)}, indent=1))
+    write_text_atomic(out_dir / f"{args.output}.md", markdown(rows, args.top_k) + summary_markdown(summary(rows)))
     print((out_dir / f"{args.output}.md").read_text())
 
 
+def summary(rows: list[dict]) -> list[dict]:
+    """Per (n, budget, method): mean R^2 on the test masks over prompts (95% t-interval), and for every method
+    but kdi_fast the paired difference kdi_fast - method over the prompts both ran (positive: kdi_fast ahead)."""
+    from kdi_fast.metrics import mean_ci
+
+    scores: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if "r2_test" in r:
+            scores.setdefault((r["n"], r["budget"], r["method"]), {})[r.get("prompt", 0)] = r["r2_test"]
+    out = []
+    for (n, budget, method), by_prompt in scores.items():
+        entry = {"n": n, "budget": budget, "method": method, "r2_test": mean_ci(list(by_prompt.values())).as_dict()}
+        ours = scores.get((n, budget, "kdi_fast"), {})
+        shared = sorted(set(ours) & set(by_prompt))
+        if method != "kdi_fast" and shared:
+            lead = [ours[i] - by_prompt[i] for i in shared]
+            entry["kdi_fast_lead"] = dict(mean_ci(lead).as_dict(), min=min(lead),
+                                          prompts_ahead=sum(x > 0 for x in lead))
+        out.append(entry)
+    return out
+
+
+def summary_markdown(entries: list[dict]) -> str:
+    def interval(d: dict) -> str:
+        return f"{d['mean']:.3f}" + (f" [{d['low']:.3f}, {d['high']:.3f}]" if d["n"] > 1 else "")
+
+    lines = ["", "| n | budget | method | prompts | R^2 (test), mean [95% t-interval] | kdi_fast - method, paired "
+             "[95% t-interval] | prompts where kdi_fast is ahead |", "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        lead = e.get("kdi_fast_lead")
+        lines.append(f"| {e['n']} | {e['budget']} | {e['method']} | {e['r2_test']['n']} | {interval(e['r2_test'])} | "
+                     + (f"{interval(lead)} | {lead['prompts_ahead']} of {lead['n']} |" if lead else "- | - |"))
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], k: int) -> str:
-    lines = [f"| n | budget | method | masks | R^2 (test) | own held-out R^2 | Overlap@{k} exact | terms | wall s "
-             f"(method + values) | trie vs independent forwards |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| n | budget | prompt | method | masks | R^2 (test) | own held-out R^2 | Overlap@{k} exact | terms "
+             f"| wall s (method + values) | trie vs independent forwards |", "|---" * 11 + "|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']} | {r['budget']} | {r['method']} | error: {r['error'][:80]} |")
+            lines.append(f"| {r['n']} | {r['budget']} | {r.get('prompt', 0)} | {r['method']} | "
+                         f"error: {r['error'][:80]} |")
             continue
         overlap = r.get(f"overlap_top{k}_exact")
-        lines.append(
-            f"| {r['n']} | {r['budget']} | {r['method']} | {r['masks']} | {r['r2_test']:.3f} | "
-            f"{r['r2_own_held_out']:.3f} | " if "r2_own_held_out" in r else
-            f"| {r['n']} | {r['budget']} | {r['method']} | {r['masks']} | {r['r2_test']:.3f} | - | ")
+        own = f"{r['r2_own_held_out']:.3f}" if "r2_own_held_out" in r else "-"
+        lines.append(f"| {r['n']} | {r['budget']} | {r.get('prompt', 0)} | {r['method']} | {r['masks']} | "
+                     f"{r['r2_test']:.3f} | {own} | ")
         lines[-1] += (f"{overlap:.2f} | " if overlap is not None else "- | ")
-        lines[-1] += f"{r['recovered']} | {r['seconds_total']:.0f} ({r['seconds_method']:.0f} + {r['seconds_values']:.0f}) | "
+        lines[-1] += (f"{r['recovered']} | {r['seconds_total']:.0f} ({r['seconds_method']:.0f} + "
+                      f"{r['seconds_values']:.0f}) | ")
         if "trie_speedup" in r and r["token_share"] >= 1.0:
             lines[-1] += "- (path auto ran the masks flat) |"
         else:

@@ -9,7 +9,7 @@ import torch
 
 import kdi_fast
 from kdi_fast.engine import SparseInteractionResult, compute_interactions, compute_values
-from kdi_fast.engine.sparse import (RecoveryWarning, check_budget, design_masks, fourier_features,
+from kdi_fast.engine.sparse import (RecoveryWarning, _fit, check_budget, design_masks, fourier_features,
                                     fourier_to_harsanyi, held_out_count, min_budget, predict, recover, report,
                                     uniform_masks)
 from kdi_fast.engine.values import prefix_counts
@@ -138,11 +138,18 @@ def test_sparse_method_end_to_end(llama, smollm_tokenizer, tmp_path):
     assert isinstance(result, SparseInteractionResult) and result.n == 20
     assert result.settings["train_masks"] + result.settings["held_out_masks"] == 200
     assert result.settings["held_out_in_budget"] and result.stats["total_masks"] == 200
-    # the stored R^2 is the one of fresh masks: recompute it from the same held-out masks through the engine
+    # the stored R^2 is the one of fresh masks for a fit that never saw them: recompute both masks' values
+    # through the engine, fit the training masks alone and score the held-out ones
+    train = uniform_masks(20, result.settings["train_masks"], torch.Generator().manual_seed(0))
     held = uniform_masks(20, result.settings["held_out_masks"], torch.Generator().manual_seed(1_000_003))
+    train_values, _ = compute_values(llama, smollm_tokenizer, PROMPT, train, target=" home", players=result.players)
     values, _ = compute_values(llama, smollm_tokenizer, PROMPT, held, target=" home", players=result.players)
-    r2 = 1 - ((values - result.predict(held)) ** 2).sum() / ((values - values.mean()) ** 2).sum()
+    subsets, interactions, *_ = _fit(train, train_values, 3, 0, 200)
+    r2 = 1 - ((values - predict(subsets, interactions, held)) ** 2).sum() / ((values - values.mean()) ** 2).sum()
     assert abs(float(r2) - result.r2_held_out) < 1e-9
+    # the returned terms are the same procedure refitted on all 200 masks
+    subsets, interactions, *_ = _fit(torch.cat([train, held]), torch.cat([train_values, values]), 3, 0, 200)
+    assert result.subsets == subsets and torch.allclose(result.interactions, interactions, atol=1e-12)
     if result.r2_held_out < 0.5:
         assert any(issubclass(w.category, RecoveryWarning) for w in caught)
     # uniformly random training masks share little prefix: path "auto" ran them as independent forwards

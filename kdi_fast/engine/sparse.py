@@ -41,7 +41,8 @@ training masks; design_masks (below) stays for callers who trade R^2 for speed.
 
 Budget. `budget` counts every masked input evaluated: training masks plus held-out masks (max(32, budget / 10),
 at most 1,000, uniformly random and independent of the training masks). The minimum budget is the smallest with
-at least 2 (n + 1) training masks (min_budget(n)).
+at least 2 (n + 1) training masks (min_budget(n)). The held-out R^2 is that of a fit on the training masks alone;
+the returned terms are then refitted on both sets, so no evaluated mask is wasted (recover()).
 """
 
 from __future__ import annotations
@@ -387,18 +388,38 @@ def recover(train_masks: Tensor, train_values: Tensor, held_masks: Tensor, held_
             max_order: int = DEFAULT_MAX_ORDER, seed: int = 0, max_iterations: int = 200) -> Recovery:
     """Sparse Harsanyi terms of order <= max_order (1..3) from values on masks (module docstring).
 
-    Two solvers in the Fourier basis. First greedy orthogonal matching pursuit (_matching_pursuit): when its
-    terms reproduce the training values exactly (a noise-free sparse game, found with far fewer terms than
-    masks), that is the answer. Otherwise (a real model's v) the Lasso with its penalty chosen by 5-fold
-    cross-validation: features the constant, every main effect and the pairs (all, or the PAIR_LIMIT best
-    screened); with max_order = 3 the triples that have at least two of the TRIPLE_PAIRS strongest selected
-    pairs are added and the Lasso refitted (TRIPLE_ROUNDS times at most). max_iterations: matching-pursuit
-    rounds; coordinate-descent sweeps per penalty are LASSO_SWEEPS times it."""
+    Fitted twice with the same procedure (_fit): on the training masks alone, whose prediction of the held-out
+    masks gives r2_held_out (those masks never enter that fit), then on the training and held-out masks
+    together, which gives the returned terms (the budget's every mask informs them; r2_train is this fit's
+    in-sample R^2). The first fit's held-out R^2 is the estimate of the procedure's accuracy on fresh masks, as
+    cross-validation estimates a model it then refits on all the data; with 1 / 9 more masks the returned fit
+    is expected to do at least as well (2-layer SmolLM2, 200 test masks: n = 128 0.856 -> 0.873, n = 64 0.903
+    -> 0.911, 12 layers 0.544 -> 0.582). max_iterations: matching-pursuit rounds; coordinate-descent sweeps
+    per penalty are LASSO_SWEEPS times it."""
     if max_order not in (1, 2, 3):
         raise ValueError(f"max_order must be 1, 2 or 3 for sparse recovery, got {max_order!r}")
-    m, n = train_masks.shape
-    y = train_values.double()
-    z = train_masks.double() * 2 - 1
+    checked = _fit(train_masks, train_values, max_order, seed, max_iterations)
+    r2_held_out = r2_score(held_values.double(), predict(*checked[:2], held_masks))
+    masks, values = torch.cat([train_masks, held_masks]), torch.cat([train_values.double(), held_values.double()])
+    subsets, interactions, fourier_terms, stages, converged = _fit(masks, values, max_order, seed, max_iterations)
+    return Recovery(subsets=subsets, interactions=interactions, r2_held_out=r2_held_out,
+                    r2_train=r2_score(values, predict(subsets, interactions, masks)), train_masks=train_masks.shape[0],
+                    held_out_masks=held_masks.shape[0], fourier_terms=fourier_terms, max_order=max_order,
+                    iterations=stages, converged=converged and checked[4])
+
+
+def _fit(masks: Tensor, values: Tensor, max_order: int, seed: int, max_iterations: int):
+    """(subsets, I_S [K] float64, Fourier terms, rounds, converged) from values [M] on masks [M, n] bool.
+
+    Two solvers in the Fourier basis. First greedy orthogonal matching pursuit (_matching_pursuit): when its
+    terms reproduce the values exactly (a noise-free sparse game, found with far fewer terms than masks), that is
+    the answer. Otherwise (a real model's v) the Lasso with its penalty chosen by 5-fold cross-validation:
+    features the constant, every main effect and the pairs (all, or the PAIR_LIMIT best screened); with
+    max_order = 3 the triples that have at least two of the TRIPLE_PAIRS strongest selected pairs are added and
+    the Lasso refitted (TRIPLE_ROUNDS times at most)."""
+    m, n = masks.shape
+    y = values.double()
+    z = masks.double() * 2 - 1
     terms, w, stages, converged = _matching_pursuit(z, y, max_order, seed, max_iterations)
     w = w.numpy()
     residual = float(((fourier_features(z, terms).numpy() @ w - y.numpy()) ** 2).sum())
@@ -422,12 +443,7 @@ def recover(train_masks: Tensor, train_values: Tensor, held_masks: Tensor, held_
     active = [terms[j] for j in keep]
     harsanyi = fourier_to_harsanyi(active, torch.from_numpy(w[keep]))
     subsets = sorted(harsanyi, key=lambda s: (len(s), s))
-    values = torch.tensor([harsanyi[s] for s in subsets], dtype=torch.float64)
-    return Recovery(subsets=subsets, interactions=values,
-                    r2_held_out=r2_score(held_values.double(), predict(subsets, values, held_masks)),
-                    r2_train=r2_score(y, predict(subsets, values, train_masks)), train_masks=m,
-                    held_out_masks=held_masks.shape[0], fourier_terms=len(active), max_order=max_order,
-                    iterations=stages, converged=converged)
+    return subsets, torch.tensor([harsanyi[s] for s in subsets], dtype=torch.float64), len(active), stages, converged
 
 
 def report(recovery: Recovery, *, min_r2: float = DEFAULT_MIN_R2, strict: bool = False) -> None:

@@ -1,8 +1,9 @@
 """compute_interactions(..., method="sparse", budget=Q): sparse Harsanyi interactions of long prompts.
 
-Per prompt: prepare v (engine.values.ValueFunction), draw the prefix-sharing training masks and the uniformly
-random held-out masks (engine.sparse), evaluate both through the mask trie, recover the sparse terms, check the
-held-out R^2 and the solver, and return a SparseInteractionResult. The budget counts both mask sets.
+Per prompt: prepare v (engine.values.ValueFunction), draw the uniformly random training and held-out masks
+(engine.sparse), evaluate both, fit the training masks and score the held-out ones (the stored
+R^2), refit the terms on both sets, check the R^2 and the solver, and return a SparseInteractionResult. The budget
+counts both mask sets.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def _one(function: ValueFunction, budget: int, max_order: int, seed: int, min_r2
     report(recovery, min_r2=min_r2, strict=strict)
     settings = {**function.settings, "method": "sparse", "budget": budget, "max_order": max_order, "seed": seed,
                 "train_masks": recovery.train_masks, "held_out_masks": recovery.held_out_masks,
-                "held_out_in_budget": True, "design": "uniform", "min_r2": min_r2}
+                "held_out_in_budget": True, "design": "uniform", "min_r2": min_r2,
+                # r2_held_out is the fit on the training masks alone; the terms are refitted on every mask
+                "final_fit_masks": recovery.train_masks + recovery.held_out_masks}
     stats = {"r2_train": recovery.r2_train, "rounds": recovery.iterations, "fourier_terms": recovery.fourier_terms,
              "converged": recovery.converged, "seconds_values": evaluated, "seconds_fit": fitted,
              "train_token_forwards": train_stats.get("token_forwards", 0),
