@@ -129,9 +129,27 @@ def main() -> None:
                    help="prompts per (n, budget): the shortest problems with n usable words; the summary gives each "
                         "method's mean R^2 and kdi_fast's paired lead over the others, with 95%% t-intervals over "
                         "prompts")
+    p.add_argument("--summarize", default=None,
+                   help="no runs: the summary (means and kdi_fast's paired lead over prompts) of these result files "
+                        "together, comma-separated stems under benchmarks/results, written to --output.md")
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
     p.add_argument("--output", default="sparse", help="file stem under benchmarks/results (default sparse)")
     args = p.parse_args()
+    if args.summarize:
+        out_dir = results_dir(args.quick)
+        rows = []
+        for stem in (x.strip() for x in args.summarize.split(",") if x.strip()):
+            path = out_dir / f"{stem}.json"
+            if not path.exists():
+                raise SystemExit(f"--summarize: {path} not found (give stems of files under {out_dir})")
+            rows += json.loads(path.read_text())["rows"]
+        entries = summary(rows, args.top_k)
+        write_text_atomic(out_dir / f"{args.output}.json", json.dumps(
+            {"command": " ".join(["python", "benchmarks/bench_sparse.py", *sys.argv[1:]]), "summary": entries},
+            indent=1))
+        write_text_atomic(out_dir / f"{args.output}.md", summary_markdown(entries, args.top_k))
+        print(summary_markdown(entries, args.top_k))
+        return
 
     from kdi_fast.data import load_gsm_symbolic
     from kdi_fast.engine import ValueFunction, compute_interactions
@@ -245,24 +263,36 @@ def main() -> None:
                                    if k not in base), flush=True)
             write_text_atomic(out_dir / f"{args.output}.json", json.dumps(
                 {"command": " ".join(["python", "benchmarks/bench_sparse.py", *sys.argv[1:]]),
-                 "machine": machine(), "rows": rows, "summary": summary(rows)}, indent=1))
-    write_text_atomic(out_dir / f"{args.output}.md", markdown(rows, args.top_k) + summary_markdown(summary(rows)))
+                 "machine": machine(), "rows": rows, "summary": summary(rows, args.top_k)}, indent=1))
+    write_text_atomic(out_dir / f"{args.output}.md",
+                      markdown(rows, args.top_k) + summary_markdown(summary(rows, args.top_k), args.top_k))
     print((out_dir / f"{args.output}.md").read_text())
 
 
-def summary(rows: list[dict]) -> list[dict]:
-    """Per (n, budget, method): mean R^2 on the test masks over prompts (95% t-interval), and for every method
-    but kdi_fast the paired difference kdi_fast - method over the prompts both ran (positive: kdi_fast ahead)."""
+def summary(rows: list[dict], k: int = 10) -> list[dict]:
+    """Per (layers, n, budget, method): mean R^2 on the test masks over prompts (95% t-interval), the mean
+    Overlap@k with the exact interactions where measured, and for every method but kdi_fast the paired difference
+    kdi_fast - method over the prompts both ran (positive: kdi_fast ahead)."""
     from kdi_fast.metrics import mean_ci
 
-    scores: dict[tuple, dict[int, float]] = {}
+    scores: dict[tuple, dict[tuple, float]] = {}
+    overlaps: dict[tuple, list[float]] = {}
     for r in rows:
         if "r2_test" in r:
-            scores.setdefault((r["n"], r["budget"], r["method"]), {})[r.get("prompt", 0)] = r["r2_test"]
+            group = (r["layers"], r["n"], r["budget"], r["method"])
+            # the prompt's index, words and tokens: rows of different files pair only on the same prompt
+            scores.setdefault(group, {})[(r.get("prompt", 0), r["prompt_words"], r["tokens"])] = r["r2_test"]
+            if f"overlap_top{k}_exact" in r:
+                overlaps.setdefault(group, []).append(r[f"overlap_top{k}_exact"])
     out = []
-    for (n, budget, method), by_prompt in scores.items():
-        entry = {"n": n, "budget": budget, "method": method, "r2_test": mean_ci(list(by_prompt.values())).as_dict()}
-        ours = scores.get((n, budget, "kdi_fast"), {})
+    for group in sorted(scores, key=lambda g: (g[0], g[1], g[2], g[3] != "kdi_fast", g[3])):
+        layers, n, budget, method = group
+        by_prompt = scores[group]
+        entry = {"layers": layers, "n": n, "budget": budget, "method": method,
+                 "r2_test": mean_ci(list(by_prompt.values())).as_dict()}
+        if group in overlaps:
+            entry[f"overlap_top{k}_exact"] = mean_ci(overlaps[group]).as_dict()
+        ours = scores.get((layers, n, budget, "kdi_fast"), {})
         shared = sorted(set(ours) & set(by_prompt))
         if method != "kdi_fast" and shared:
             lead = [ours[i] - by_prompt[i] for i in shared]
@@ -272,16 +302,19 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def summary_markdown(entries: list[dict]) -> str:
+def summary_markdown(entries: list[dict], k: int = 10) -> str:
     def interval(d: dict) -> str:
         return f"{d['mean']:.3f}" + (f" [{d['low']:.3f}, {d['high']:.3f}]" if d["n"] > 1 else "")
 
-    lines = ["", "| n | budget | method | prompts | R^2 (test), mean [95% t-interval] | kdi_fast - method, paired "
-             "[95% t-interval] | prompts where kdi_fast is ahead |", "|---|---|---|---|---|---|---|"]
+    lines = ["", f"| layers | n | budget | method | prompts | R^2 (test), mean [95% t-interval] | kdi_fast - method, "
+             f"paired [95% t-interval] | prompts where kdi_fast is ahead | Overlap@{k} with exact, mean |",
+             "|---" * 9 + "|"]
     for e in entries:
-        lead = e.get("kdi_fast_lead")
-        lines.append(f"| {e['n']} | {e['budget']} | {e['method']} | {e['r2_test']['n']} | {interval(e['r2_test'])} | "
-                     + (f"{interval(lead)} | {lead['prompts_ahead']} of {lead['n']} |" if lead else "- | - |"))
+        lead, overlap = e.get("kdi_fast_lead"), e.get(f"overlap_top{k}_exact")
+        lines.append(f"| {e['layers']} | {e['n']} | {e['budget']} | {e['method']} | {e['r2_test']['n']} | "
+                     f"{interval(e['r2_test'])} | "
+                     + (f"{interval(lead)} | {lead['prompts_ahead']} of {lead['n']} | " if lead else "- | - | ")
+                     + (f"{overlap['mean']:.2f} |" if overlap else "- |"))
     return "\n".join(lines) + "\n"
 
 
