@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,9 @@ def main() -> None:
                    help="prompts per (n, budget): the shortest problems with n usable words; the summary gives each "
                         "method's mean R^2 and kdi_fast's paired lead over the others, with 95%% t-intervals over "
                         "prompts")
+    p.add_argument("--distinct", action="store_true",
+                   help="with --prompts: skip a problem that shares half its lower-case words (Jaccard >= 0.5) with "
+                        "one already chosen, so the prompts come from different gsm_symbolic templates")
     p.add_argument("--summarize", default=None,
                    help="no runs: the summary (means and kdi_fast's paired lead over prompts) of these result files "
                         "together, comma-separated stems under benchmarks/results, written to --output.md")
@@ -176,6 +180,8 @@ def main() -> None:
     for n, budget in grid:
         # the shortest problems with n usable words (short prompts keep the CPU grid small)
         fitting = sorted((q for q in problems if len(choose_players(encode_prompt(tokenizer, q), n)) >= n), key=len)
+        if args.distinct:
+            fitting = distinct_templates(fitting, args.prompts)
         if len(fitting) < args.prompts:
             print(f"n={n}: {len(fitting)} of {args.problems} gsm_symbolic problems have {n} words, {args.prompts} "
                   f"asked; {'skipped' if not fitting else 'using those'} (raise --problems)", flush=True)
@@ -267,6 +273,20 @@ def main() -> None:
     write_text_atomic(out_dir / f"{args.output}.md",
                       markdown(rows, args.top_k) + summary_markdown(summary(rows, args.top_k), args.top_k))
     print((out_dir / f"{args.output}.md").read_text())
+
+
+def distinct_templates(problems: list[str], count: int) -> list[str]:
+    """The first `count` problems whose set of lower-case words (names and numbers vary within a gsm_symbolic
+    template, so they are left out) has Jaccard similarity < 0.5 with every one chosen before."""
+    chosen, words = [], []
+    for problem in problems:
+        these = set(re.findall(r"\b[a-z]+\b", problem))
+        if all(len(these & w) < 0.5 * len(these | w) for w in words):
+            chosen.append(problem)
+            words.append(these)
+            if len(chosen) == count:
+                break
+    return chosen
 
 
 def summary(rows: list[dict], k: int = 10) -> list[dict]:
