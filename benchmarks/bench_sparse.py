@@ -211,7 +211,8 @@ def main() -> None:
             terms_exact = list(zip(subsets, exact.interactions.tolist()))
             exact_top = exact_tops[(n, prompt)] = (top_k(terms_exact, args.top_k),
                                          top_k([t for t in terms_exact if len(t[0]) <= 3], args.top_k))
-        base = {"n": n, "budget": budget, "prompt": prompt_index, "prompt_words": len(function.encoded.words),
+        base = {"n": n, "budget": budget, "prompt": prompt_index, "distinct": args.distinct,
+                "prompt_words": len(function.encoded.words),
                 "tokens": len(function.seq), "layers": model.config.num_hidden_layers,
                 "flat_seconds_per_mask": flat_per_mask, "test_masks": args.test, "test_seconds": test_seconds}
         print(f"n={n} budget={budget}: prompt {prompt_index} of {base['prompt_words']} words, "
@@ -299,7 +300,7 @@ def summary(rows: list[dict], k: int = 10) -> list[dict]:
     overlaps: dict[tuple, list[float]] = {}
     for r in rows:
         if "r2_test" in r:
-            group = (r["layers"], r["n"], r["budget"], r["method"])
+            group = (r["layers"], r["n"], r["budget"], r["method"])  # --summarize: one prompt set per group
             # the prompt's index, words and tokens: rows of different files pair only on the same prompt
             scores.setdefault(group, {})[(r.get("prompt", 0), r["prompt_words"], r["tokens"])] = r["r2_test"]
             if f"overlap_top{k}_exact" in r:
