@@ -403,8 +403,8 @@ def recover(train_masks: Tensor, train_values: Tensor, held_masks: Tensor, held_
     cross-validation estimates a model it then refits on all the data; with 1 / 9 more masks the returned fit
     is expected to do at least as well (2-layer SmolLM2, 200 test masks, one penalty for all orders: n = 128
     0.856 -> 0.873, n = 64 0.903 -> 0.911, 12 layers 0.544 -> 0.582; with MAIN_WEIGHTS too: 0.894, 0.918,
-    0.648). max_iterations: matching-pursuit rounds; coordinate-descent sweeps
-    per penalty are LASSO_SWEEPS times it."""
+    0.648). max_iterations: matching-pursuit rounds; coordinate-descent sweeps per penalty are LASSO_SWEEPS
+    times it."""
     if max_order not in (1, 2, 3):
         raise ValueError(f"max_order must be 1, 2 or 3 for sparse recovery, got {max_order!r}")
     checked = _fit(train_masks, train_values, max_order, seed, max_iterations)
@@ -414,9 +414,10 @@ def recover(train_masks: Tensor, train_values: Tensor, held_masks: Tensor, held_
     subsets, interactions, fourier_terms, stages, converged, _ = _fit(masks, values, max_order, seed,
                                                                       max_iterations, weights)
     return Recovery(subsets=subsets, interactions=interactions, r2_held_out=r2_held_out,
-                    r2_train=r2_score(values, predict(subsets, interactions, masks)), train_masks=train_masks.shape[0],
-                    held_out_masks=held_masks.shape[0], fourier_terms=fourier_terms, max_order=max_order,
-                    iterations=stages, converged=converged and checked[4])
+                    r2_train=r2_score(values, predict(subsets, interactions, masks)),
+                    train_masks=train_masks.shape[0], held_out_masks=held_masks.shape[0],
+                    fourier_terms=fourier_terms, max_order=max_order, iterations=stages,
+                    converged=converged and checked[4])
 
 
 def _fit(masks: Tensor, values: Tensor, max_order: int, seed: int, max_iterations: int,
