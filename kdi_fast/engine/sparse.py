@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -408,22 +409,32 @@ def recover(train_masks: Tensor, train_values: Tensor, held_masks: Tensor, held_
     if max_order not in (1, 2, 3):
         raise ValueError(f"max_order must be 1, 2 or 3 for sparse recovery, got {max_order!r}")
     checked = _fit(train_masks, train_values, max_order, seed, max_iterations)
-    r2_held_out = r2_score(held_values.double(), predict(*checked[:2], held_masks))
+    r2_held_out = r2_score(held_values.double(), predict(checked.subsets, checked.interactions, held_masks))
     masks, values = torch.cat([train_masks, held_masks]), torch.cat([train_values.double(), held_values.double()])
-    weights = (checked[5],) if checked[5] is not None else MAIN_WEIGHTS  # the procedure that was checked
-    subsets, interactions, fourier_terms, stages, converged, _ = _fit(masks, values, max_order, seed,
-                                                                      max_iterations, weights)
-    return Recovery(subsets=subsets, interactions=interactions, r2_held_out=r2_held_out,
-                    r2_train=r2_score(values, predict(subsets, interactions, masks)),
+    # the procedure that was checked: its main-effect weight (none when matching pursuit was exact)
+    weights = MAIN_WEIGHTS if checked.main_weight is None else (checked.main_weight,)
+    final = _fit(masks, values, max_order, seed, max_iterations, weights)
+    return Recovery(subsets=final.subsets, interactions=final.interactions, r2_held_out=r2_held_out,
+                    r2_train=r2_score(values, predict(final.subsets, final.interactions, masks)),
                     train_masks=train_masks.shape[0], held_out_masks=held_masks.shape[0],
-                    fourier_terms=fourier_terms, max_order=max_order, iterations=stages,
-                    converged=converged and checked[4])
+                    fourier_terms=final.fourier_terms, max_order=max_order, iterations=final.rounds,
+                    converged=final.converged and checked.converged)
+
+
+class _Fit(NamedTuple):
+    """What _fit found: Harsanyi terms and their I_S [K] float64, plus diagnostics."""
+
+    subsets: list[tuple[int, ...]]
+    interactions: Tensor
+    fourier_terms: int
+    rounds: int
+    converged: bool
+    main_weight: float | None  # of MAIN_WEIGHTS; None when matching pursuit was exact
 
 
 def _fit(masks: Tensor, values: Tensor, max_order: int, seed: int, max_iterations: int,
-         main_weights: tuple[float, ...] = MAIN_WEIGHTS):
-    """(subsets, I_S [K] float64, Fourier terms, rounds, converged, main-effect weight) from values [M] on masks
-    [M, n] bool.
+         main_weights: tuple[float, ...] = MAIN_WEIGHTS) -> _Fit:
+    """Sparse terms from values [M] on masks [M, n] bool.
 
     Two solvers in the Fourier basis. First greedy orthogonal matching pursuit (_matching_pursuit): when its
     terms reproduce the values exactly (a noise-free sparse game, found with far fewer terms than masks), that is
@@ -449,8 +460,8 @@ def _fit(masks: Tensor, values: Tensor, max_order: int, seed: int, max_iteration
 
         fits = {c: lasso(c) for c in main_weights}
         weight = min(fits, key=lambda c: fits[c][2])
-        w, converged, _ = fits[weight]
-        converged = converged and all(f[1] for f in fits.values())
+        w = fits[weight][0]
+        converged = all(f[1] for f in fits.values())
         stages = 1
         while max_order >= 3 and stages < 1 + TRIPLE_ROUNDS:
             have = set(terms)
@@ -467,7 +478,7 @@ def _fit(masks: Tensor, values: Tensor, max_order: int, seed: int, max_iteration
     harsanyi = fourier_to_harsanyi(active, torch.from_numpy(w[keep]))
     subsets = sorted(harsanyi, key=lambda s: (len(s), s))
     interactions = torch.tensor([harsanyi[s] for s in subsets], dtype=torch.float64)
-    return subsets, interactions, len(active), stages, converged, weight
+    return _Fit(subsets, interactions, len(active), stages, converged, weight)
 
 
 def report(recovery: Recovery, *, min_r2: float = DEFAULT_MIN_R2, strict: bool = False) -> None:
