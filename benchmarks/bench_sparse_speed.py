@@ -23,13 +23,14 @@ and the largest difference of each path's values from the engine's on the sample
 out (e.g. the engine on a deep model, where its all-masks rounds would dominate; the token share that decides
 path="auto" is still recorded, planned without a forward).
 
-Model: SmolLM2-135M-Instruct
-cut to --layers layers (first and last kept), prompt: the shortest gsm_symbolic problem (seed 0) with n usable
-words (--chat-template: in the chat template), y* = --target-tokens greedy tokens (or --target), --masking
+Model: SmolLM2-135M-Instruct cut to --layers layers (first and last kept), or with --random-weights a random
+model of its shape (the same arithmetic: what benchmarks/gpu_check.sh runs on a GPU machine, --device cuda, where
+the model's files do not travel). Prompt: the shortest gsm_symbolic problem (seed 0) with n usable words, or
+--prompt-file (--chat-template: in the chat template); y* = --target-tokens greedy tokens (or --target); --masking
 (embedding by default; under attention masking the engine's flat path runs only the kept tokens, the hf_* paths
 every token with an attention mask). The engine's flat path runs the tokens before the first player (the chat
 template's system turn) once for all masks; the hf_* paths run them in every forward. Writes
-benchmarks/results/<--output>.json.
+benchmarks/results/<--output>.json (or --out).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def hf_values(function, masks: torch.Tensor, batch: int) -> torch.Tensor:
             logits = model(**seq.full_inputs(chunk), use_cache=False).logits  # [B, T, V]: the full head
             logprobs = torch.log_softmax(logits[:, prediction].double(), dim=-1)
             out.append(logprobs.gather(2, function.target[None, :, None].expand(chunk.shape[0], -1, 1))[..., 0])
-    return values_from_logprobs(torch.cat(out), eps=function.eps)
+    return values_from_logprobs(torch.cat(out).cpu(), eps=function.eps)  # .cpu(): a GPU run's timing waits for it
 
 
 def main() -> None:
@@ -85,30 +86,49 @@ def main() -> None:
                    help="paths to time: engine (all the masks, every round), flat, hf_batch (--hf-batch masks per "
                         "forward), hf_batch1; leave engine out where the model is deep: path='auto' runs such "
                         "masks flat (the file records the token share that decides it)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="a random-weight model of SmolLM2-135M's shape (gpu_engine.smollm2_shape): the same "
+                        "arithmetic without the model's files, for a GPU machine where only the repository travels "
+                        "(give --target: a random model's greedy answer means nothing)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tokenizer", default="smollm2", help="tokenizer directory (default SmolLM2-135M-Instruct's)")
+    p.add_argument("--prompt-file", default=None,
+                   help="the prompt as a text file, instead of the shortest gsm_symbolic problem with n words")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="the JSON file to write (default benchmarks/results/<--output>.json)")
     p.add_argument("--output", default="sparse_speed", help="file stem under benchmarks/results")
     p.add_argument("--quick", action="store_true", help="write to benchmarks/results/quick")
     args = p.parse_args()
     if args.rounds < 2:
         raise SystemExit("--rounds must be at least 2")
 
-    from kdi_fast.data import load_gsm_symbolic
     from kdi_fast.engine import ValueFunction
     from kdi_fast.engine.players import choose_players, encode_prompt
     from kdi_fast.engine.scheduler import segment_bounds, shared_prefix
     from kdi_fast.engine.sparse import default_branching, design_masks, held_out_count, uniform_masks
     from kdi_fast.models import load_model, load_tokenizer, student_from_teacher
 
-    tokenizer = load_tokenizer("smollm2")
-    teacher = load_model("smollm2")
-    model = teacher if args.layers >= teacher.config.num_hidden_layers else student_from_teacher(teacher, args.layers)
-    model.eval()
+    tokenizer = load_tokenizer(args.tokenizer)
+    if args.random_weights:
+        from gpu_engine import smollm2_shape
+
+        model = smollm2_shape(args.layers)
+    else:
+        teacher = load_model("smollm2")
+        model = (teacher if args.layers >= teacher.config.num_hidden_layers
+                 else student_from_teacher(teacher, args.layers))
+    model = model.to(args.device).eval()
     n = args.n
-    problems = [q["question"] for q in load_gsm_symbolic(200, seed=args.seed)]
-    prompt = min((q for q in problems if len(choose_players(encode_prompt(tokenizer, q), n)) >= n), key=len,
-                 default=None)
-    if prompt is None:
-        raise SystemExit(f"no gsm_symbolic problem with {n} usable words; lower --n")
+    if args.prompt_file:
+        prompt = Path(args.prompt_file).read_text().strip()
+    else:
+        from kdi_fast.data import load_gsm_symbolic
+
+        problems = [q["question"] for q in load_gsm_symbolic(200, seed=args.seed)]
+        prompt = min((q for q in problems if len(choose_players(encode_prompt(tokenizer, q), n)) >= n), key=len,
+                     default=None)
+        if prompt is None:
+            raise SystemExit(f"no gsm_symbolic problem with {n} usable words; lower --n")
     engine = ValueFunction.prepare(model, tokenizer, prompt, target=args.target, n_players=n,
                                    max_target_tokens=args.target_tokens, exact_players=True,
                                    masking=args.masking, chat_template=args.chat_template)
@@ -116,12 +136,16 @@ def main() -> None:
                                  target_ids=engine.target_ids, path="flat",
                                  masking=args.masking, chat_template=args.chat_template)
     order = segment_bounds(engine.seq.owner, n)[1]
-    out = results_dir(args.quick) / f"{args.output}.json"
+    out = Path(args.out) if args.out else results_dir(args.quick) / f"{args.output}.json"
     known = {"engine": "engine", "flat": "flat", "hf_batch": f"hf_batch{args.hf_batch}", "hf_batch1": "hf_batch1"}
     asked = [x.strip() for x in args.paths.split(",") if x.strip()]
     if len(asked) < 2 or any(x not in known for x in asked):
         raise SystemExit(f"--paths: two or more of {', '.join(known)}, comma-separated; got {args.paths!r}")
     paths = [known[x] for x in known if x in asked]  # always in this order: the first is the reference
+    def synchronize() -> None:  # the GPU's queued work counts in the path that queued it
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+
     rows = []
     for budget in (int(b) for b in args.budgets.split(",") if b.strip()):
         held = held_out_count(budget)
@@ -144,6 +168,7 @@ def main() -> None:
             rotated = paths[r % len(paths):] + paths[:r % len(paths)]
             results = {}
             for name in rotated:
+                synchronize()
                 t0 = time.perf_counter()
                 if name == "engine":
                     results[name] = engine(masks)
@@ -152,6 +177,7 @@ def main() -> None:
                     results[name] = flat(sample)
                 else:
                     results[name] = hf_values(engine, sample, 1 if name == "hf_batch1" else args.hf_batch)
+                synchronize()
                 elapsed = time.perf_counter() - t0
                 seconds[name].append(elapsed if name == "engine" else elapsed * count / sample_size)
             reference = engine(sample) if "engine" in paths else results[paths[0]]
@@ -185,7 +211,10 @@ def main() -> None:
             for k, v in row["ratios"].items()), flush=True)
         write_text_atomic(out, json.dumps({
             "command": " ".join(["python", "benchmarks/bench_sparse_speed.py", *sys.argv[1:]]), "machine": machine(),
-            "model": f"SmolLM2-135M-Instruct, {model.config.num_hidden_layers} layers", "prompt": prompt,
+            "model": (f"SmolLM2-135M's shape, random weights, {model.config.num_hidden_layers} layers"
+                      if args.random_weights else f"SmolLM2-135M-Instruct, {model.config.num_hidden_layers} layers"),
+            "device": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "cpu",
+            "prompt": prompt,
             "prompt_tokens": len(engine.seq), "players": n, "masking": args.masking,
             "chat_template": args.chat_template,
             "shared_prefix_tokens": shared_prefix(model, engine.seq, engine.prediction),

@@ -4,7 +4,12 @@
 #   2. the CUDA/Triton test subset (tests parametrised over devices run their cuda cases; Triton kernels run
 #      compiled, not interpreted);
 #   3. the transform benchmark (--quick) and the engine on random-weight models of SmolLM2-135M's shape;
-#   4. everything it printed and measured under $OUT (default benchmarks/results/gpu_check/).
+#   4. issue 14's speed goal: the 1,000 masks of method="sparse" (n = 64, chat template, all 30 layers, random
+#      weights) through the engine against the same masks as independent Hugging Face forwards, under embedding
+#      and attention masking (bench_sparse_speed.py; needs SmolLM2's tokenizer: $KDI_TOKENIZER, by default
+#      runs/tokenizer, then ~/.cache/kdi_fast/smollm2-135m-instruct-tokenizer; to send it with the repository:
+#      cp -r ~/.cache/kdi_fast/smollm2-135m-instruct-tokenizer runs/tokenizer, and carry runs/tokenizer, 3.4 MB);
+#   5. everything it printed and measured under $OUT (default benchmarks/results/gpu_check/).
 #
 # Made for the machines this project may be lent: an image with its own PyTorch (2.11, Python 3.12) and Triton,
 # no internet, nothing installed with pip there, 64 MiB of files carried in all (so random weights, no GGUF).
@@ -27,7 +32,7 @@ DRY=0
 TESTS=(tests/test_masking.py tests/test_triton_masked_embed.py tests/test_triton_mobius.py
        tests/test_triton_target_logprob.py tests/test_transform.py tests/test_engine_forward.py)
 TEST_FILTER="cuda or triton or gpu"
-STEPS=(build tests transform engine)
+STEPS=(build tests transform engine sparse_speed_embedding sparse_speed_attention)
 
 mkdir -p "$OUT"
 STATUS="$OUT/status.json"
@@ -60,7 +65,8 @@ has_module() { "$PYTHON" -c "import $1" > /dev/null 2>&1; }
 
 # ---- what this machine has ----------------------------------------------------------------------------
 if [[ $DRY == 1 ]]; then
-    for f in "${TESTS[@]}" benchmarks/bench_transform.py benchmarks/gpu_engine.py setup.py CMakeLists.txt; do
+    for f in "${TESTS[@]}" benchmarks/bench_transform.py benchmarks/gpu_engine.py benchmarks/bench_sparse_speed.py \
+             benchmarks/data/sparse_speed_prompt.txt setup.py CMakeLists.txt; do
         [[ -e $f ]] || { echo "[gpu_check] missing file: $f"; record "files" "failed" "missing $f" 0; finish; exit 1; }
     done
     ARCH="(from the GPU)"
@@ -98,4 +104,16 @@ if [[ $DRY == 1 ]] || has_module transformers; then
 else
     record engine "skipped" "transformers is not installed in this image (random-weight SmolLM2-shape models need it)" 0
 fi
+TOKENIZER=${KDI_TOKENIZER:-runs/tokenizer}
+[[ -e $TOKENIZER/tokenizer.json ]] || TOKENIZER=${HOME:-~}/.cache/kdi_fast/smollm2-135m-instruct-tokenizer
+for masking in embedding attention; do
+    if [[ $DRY == 1 ]] || { has_module transformers && [[ -e $TOKENIZER/tokenizer.json ]]; }; then
+        run_step "sparse_speed_$masking" "$PYTHON" benchmarks/bench_sparse_speed.py --random-weights --device cuda \
+            --tokenizer "$TOKENIZER" --prompt-file benchmarks/data/sparse_speed_prompt.txt --chat-template \
+            --target "The answer is" --layers 30 --n 64 --budgets 1000 --rounds 3 --sample 256 --hf-batch 64 \
+            --masking "$masking" --out "$OUT/sparse_speed_$masking.json"
+    else
+        record "sparse_speed_$masking" "skipped" "transformers or SmolLM2's tokenizer ($TOKENIZER) is missing: copy it to runs/tokenizer and carry it" 0
+    fi
+done
 finish
