@@ -16,7 +16,10 @@ masks. Reported: R^2 of each reconstruction on the same --test uniformly random 
 kdi_fast's own held-out R^2, Overlap@K (K = --top-k) of the recovered top interactions with the exact ones
 where n <= --exact-max (the exact engine on all 2^n masks), masks evaluated, wall time (method + values), and
 the speed of kdi_fast's masks through the trie against the same masks as independent full forwards (the flat
-path, timed on --flat-sample of them and scaled linearly: independent forwards cost the same per mask).
+path, timed on --flat-sample of them and scaled linearly: independent forwards cost the same per mask), and the
+share of the recovered v's influence that each quarter of the players carries (influence_by_quarter).
+--design forest fits kdi_fast on the prefix-sharing forest instead; --summarize lists such a design as its own
+method, with the uniform design's paired lead over it and its own paired lead over the other methods.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, results_dir, write_text_atomic  # noqa: E402
+from kdi_fast.engine.sparse import uniform_masks  # noqa: E402
 
 # shapiq 1.8 needs Python >= 3.12: its own venv, made by `make shapiq-venv` (or named by $KDI_SHAPIQ_PYTHON)
 DEFAULT_SHAPIQ = os.environ.get(
@@ -159,7 +163,7 @@ def main() -> None:
     from kdi_fast.engine import ValueFunction, compute_interactions
     from kdi_fast.engine.players import choose_players, encode_prompt
     from kdi_fast.engine.scheduler import segment_bounds
-    from kdi_fast.engine.sparse import design_masks, held_out_count, recover, uniform_masks
+    from kdi_fast.engine.sparse import design_masks, held_out_count, recover
     from kdi_fast.models import load_model, load_tokenizer, student_from_teacher
 
     grid = parse_grid(args.grid)
@@ -238,6 +242,7 @@ def main() -> None:
                 t2 = time.perf_counter()
                 rec = recover(train, train_values, held_masks, held_values, seed=args.seed)
                 fit_seconds = time.perf_counter() - t2
+                row["influence_by_quarter"] = influence_by_quarter(rec, order, torch.Generator().manual_seed(5))
                 terms = list(zip(rec.subsets, rec.interactions.tolist()))
                 predicted = rec.predict(test).numpy()
                 row.update(masks=budget, design=args.design, seconds_values=t2 - t0, seconds_method=fit_seconds,
@@ -276,6 +281,24 @@ def main() -> None:
     print((out_dir / f"{args.output}.md").read_text())
 
 
+def influence_by_quarter(recovery, order: list[int], generator: torch.Generator, probes: int = 400) -> list[float]:
+    """The share of the recovered v's total influence carried by each quarter of the players in position order
+    (`order`: the players by position): player i's influence is E_x (f(x) - f(x with i flipped))^2 over uniformly
+    random x (`probes` of them), f the recovered terms. Where the first players carry much of it, masks that
+    share those players' values (a shared prefix) lose what the fit needs most."""
+    n = len(order)
+    x = uniform_masks(n, probes, generator)
+    base = recovery.predict(x)
+    influence = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        flipped = x.clone()
+        flipped[:, i] = ~flipped[:, i]
+        influence[i] = ((recovery.predict(flipped) - base) ** 2).mean()
+    by_position = influence[torch.tensor(order)]
+    total = float(by_position.sum()) or 1.0
+    return [float(q.sum()) / total for q in torch.tensor_split(by_position, 4)]
+
+
 def distinct_templates(problems: list[str], count: int) -> list[str]:
     """The first `count` problems whose set of lower-case words (names and numbers vary within a gsm_symbolic
     template, so they are left out) has Jaccard similarity < 0.5 with every one chosen before."""
@@ -298,13 +321,20 @@ def summary(rows: list[dict], k: int = 10) -> list[dict]:
 
     scores: dict[tuple, dict[tuple, float]] = {}
     overlaps: dict[tuple, list[float]] = {}
+    firsts: dict[tuple, list[float]] = {}  # the first quarter of the players' share of the influence
+    shares: dict[tuple, list[float]] = {}  # the trie's token share of a prefix-sharing design's training masks
     for r in rows:
         if "r2_test" in r:
-            group = (r["layers"], r["n"], r["budget"], r["method"])  # --summarize: one prompt set per group
+            method = r["method"] if r.get("design", "uniform") == "uniform" else f"{r['method']} ({r['design']})"
+            group = (r["layers"], r["n"], r["budget"], method)  # --summarize: one prompt set per group
             # the prompt's index, words and tokens: rows of different files pair only on the same prompt
             scores.setdefault(group, {})[(r.get("prompt", 0), r["prompt_words"], r["tokens"])] = r["r2_test"]
             if f"overlap_top{k}_exact" in r:
                 overlaps.setdefault(group, []).append(r[f"overlap_top{k}_exact"])
+            if "influence_by_quarter" in r:
+                firsts.setdefault(group, []).append(r["influence_by_quarter"][0])
+            if r.get("design") == "forest":
+                shares.setdefault(group, []).append(r["token_share"])
     out = []
     for group in sorted(scores, key=lambda g: (g[0], g[1], g[2], g[3] != "kdi_fast", g[3])):
         layers, n, budget, method = group
@@ -313,12 +343,23 @@ def summary(rows: list[dict], k: int = 10) -> list[dict]:
                  "r2_test": mean_ci(list(by_prompt.values())).as_dict()}
         if group in overlaps:
             entry[f"overlap_top{k}_exact"] = mean_ci(overlaps[group]).as_dict()
+        if group in firsts:
+            entry["influence_first_quarter"] = mean_ci(firsts[group]).as_dict()
+        if group in shares:
+            entry["token_share"] = mean_ci(shares[group]).as_dict()
         ours = scores.get((layers, n, budget, "kdi_fast"), {})
         shared = sorted(set(ours) & set(by_prompt))
-        if method != "kdi_fast" and shared:
+        if method != "kdi_fast" and shared:  # a kdi_fast design other than uniform: the lead of uniform
             lead = [ours[i] - by_prompt[i] for i in shared]
             entry["kdi_fast_lead"] = dict(mean_ci(lead).as_dict(), min=min(lead),
                                           prompts_ahead=sum(x > 0 for x in lead))
+        if method.startswith("kdi_fast ("):  # another design of kdi_fast: its own lead over the other methods
+            for (l2, n2, b2, other), theirs in scores.items():
+                both = sorted(set(theirs) & set(by_prompt))
+                if (l2, n2, b2) == (layers, n, budget) and not other.startswith("kdi_fast") and both:
+                    lead = [by_prompt[i] - theirs[i] for i in both]
+                    entry.setdefault("lead_over", {})[other] = dict(mean_ci(lead).as_dict(),
+                                                                    prompts_ahead=sum(x > 0 for x in lead))
         out.append(entry)
     return out
 
@@ -327,15 +368,25 @@ def summary_markdown(entries: list[dict], k: int = 10) -> str:
     def interval(d: dict) -> str:
         return f"{d['mean']:.3f}" + (f" [{d['low']:.3f}, {d['high']:.3f}]" if d["n"] > 1 else "")
 
+    # the design columns only where a file has them (kdi_fast rows since the influence was added)
+    design = any("influence_first_quarter" in e or "token_share" in e for e in entries)
     lines = ["", f"| layers | n | budget | method | prompts | R^2 (test), mean [95% t-interval] | kdi_fast - method, "
-             f"paired [95% t-interval] | prompts where kdi_fast is ahead | Overlap@{k} with exact, mean |",
-             "|---" * 9 + "|"]
+             f"paired [95% t-interval] | prompts where kdi_fast is ahead | Overlap@{k} with exact, mean |"
+             + (" first quarter of the words' share of the influence | trie's token share |" if design else ""),
+             "|---" * (11 if design else 9) + "|"]
     for e in entries:
         lead, overlap = e.get("kdi_fast_lead"), e.get(f"overlap_top{k}_exact")
         lines.append(f"| {e['layers']} | {e['n']} | {e['budget']} | {e['method']} | {e['r2_test']['n']} | "
                      f"{interval(e['r2_test'])} | "
                      + (f"{interval(lead)} | {lead['prompts_ahead']} of {lead['n']} | " if lead else "- | - | ")
                      + (f"{overlap['mean']:.2f} |" if overlap else "- |"))
+        if design:
+            lines[-1] += "".join(f" {interval(e[key])} |" if key in e else " - |"
+                                 for key in ("influence_first_quarter", "token_share"))
+    for e in entries:
+        for other, lead in e.get("lead_over", {}).items():
+            lines.append(f"\n{e['method']} - {other}, {e['layers']} layers, n = {e['n']}, budget {e['budget']}, paired: "
+                         f"{interval(lead)}, ahead on {lead['prompts_ahead']} of {lead['n']} prompts.")
     return "\n".join(lines) + "\n"
 
 

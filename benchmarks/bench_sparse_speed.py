@@ -5,7 +5,7 @@
 For each budget Q: the masks compute_interactions(method="sparse", budget=Q) evaluates for a prompt of n players
 (--design uniform, the default and what method="sparse" draws: its uniformly random training masks and its
 uniformly random held-out masks, the same seeds; --design forest: engine.sparse.design_masks's prefix-sharing
-training masks only). Timed per round, in one process, the order rotated every round:
+training masks and the same held-out masks). Timed per round, in one process, the order rotated every round:
 
 - engine: the prepared value function (path "auto": the mask trie, or independent forwards when the trie would
   share little (engine.values.TRIE_MAX_TOKEN_SHARE); target-only LM head, memory-budgeted batches);
@@ -152,12 +152,13 @@ def main() -> None:
         if args.design == "uniform":  # exactly what compute_sparse_interactions draws (seed args.seed)
             masks = torch.cat([uniform_masks(n, budget - held, torch.Generator().manual_seed(args.seed)),
                                uniform_masks(n, held, torch.Generator().manual_seed(args.seed + 1_000_003))])
-        else:
-            masks = design_masks(n, budget - held, torch.Generator().manual_seed(args.seed), order)
+        else:  # the forest's training masks and the same uniformly random held-out masks
+            masks = torch.cat([design_masks(n, budget - held, torch.Generator().manual_seed(args.seed), order),
+                               uniform_masks(n, held, torch.Generator().manual_seed(args.seed + 1_000_003))])
         count = masks.shape[0]
         sample_size = min(args.sample, count)
         engine(masks[:8]), flat(masks[:8]), hf_values(engine, masks[:2], 2)  # warm-up, out of the timed rounds
-        share, engine_path = engine.token_share(masks), engine.planned_path(masks)
+        share, engine_path = engine.token_share(masks[:count - held]), engine.planned_path(masks[:count - held])
         seconds = {name: [] for name in paths}
         differences = {name: 0.0 for name in paths[1:]}  # against the first path, on each round's sample
         before = dict(engine.stats.as_dict())
@@ -171,8 +172,10 @@ def main() -> None:
                 synchronize()
                 t0 = time.perf_counter()
                 if name == "engine":
-                    results[name] = engine(masks)
-                    engine_path = engine.stats.path
+                    # two calls, as compute_interactions makes them: the training masks, then the held-out ones
+                    train_values = engine(masks[:count - held])
+                    engine_path = engine.stats.path  # the training masks' path (the held-out ones' share little)
+                    results[name] = torch.cat([train_values, engine(masks[count - held:])])
                 elif name == "flat":
                     results[name] = flat(sample)
                 else:
@@ -195,7 +198,7 @@ def main() -> None:
         if "engine" in paths:
             row["token_share_including_samples"] = (engine_stats["token_forwards"]
                                                     / engine_stats["naive_token_forwards"])
-        row["token_share"] = share  # of the prefix tree on all the masks, planned without a forward
+        row["token_share"] = share  # of the prefix tree on the training masks, planned without a forward
         if "flat" in paths:  # < 1 under attention masking (hidden tokens do not run), padding included
             row["flat_token_share"] = flat.stats.token_forwards / flat.stats.naive_token_forwards
         row["engine_path"] = engine_path  # the path "auto" takes on all the masks
