@@ -142,6 +142,7 @@ def main() -> None:
     if len(asked) < 2 or any(x not in known for x in asked):
         raise SystemExit(f"--paths: two or more of {', '.join(known)}, comma-separated; got {args.paths!r}")
     paths = [known[x] for x in known if x in asked]  # always in this order: the first is the reference
+
     def synchronize() -> None:  # the GPU's queued work counts in the path that queued it
         if model.device.type == "cuda":
             torch.cuda.synchronize()
