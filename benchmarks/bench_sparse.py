@@ -349,7 +349,7 @@ def summary(rows: list[dict], k: int = 10) -> list[dict]:
             entry["token_share"] = mean_ci(shares[group]).as_dict()
         ours = scores.get((layers, n, budget, "kdi_fast"), {})
         shared = sorted(set(ours) & set(by_prompt))
-        if method != "kdi_fast" and shared:  # a kdi_fast design other than uniform: the lead of uniform
+        if method != "kdi_fast" and shared:  # another method, or another kdi_fast design: uniform kdi_fast's lead
             lead = [ours[i] - by_prompt[i] for i in shared]
             entry["kdi_fast_lead"] = dict(mean_ci(lead).as_dict(), min=min(lead),
                                           prompts_ahead=sum(x > 0 for x in lead))
