@@ -385,8 +385,8 @@ def summary_markdown(entries: list[dict], k: int = 10) -> str:
                                  for key in ("influence_first_quarter", "token_share"))
     for e in entries:
         for other, lead in e.get("lead_over", {}).items():
-            lines.append(f"\n{e['method']} - {other}, {e['layers']} layers, n = {e['n']}, budget {e['budget']}, paired: "
-                         f"{interval(lead)}, ahead on {lead['prompts_ahead']} of {lead['n']} prompts.")
+            lines.append(f"\n{e['method']} - {other}, {e['layers']} layers, n = {e['n']}, budget {e['budget']}, "
+                         f"paired: {interval(lead)}, ahead on {lead['prompts_ahead']} of {lead['n']} prompts.")
     return "\n".join(lines) + "\n"
 
 

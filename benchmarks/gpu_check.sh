@@ -32,7 +32,6 @@ DRY=0
 TESTS=(tests/test_masking.py tests/test_triton_masked_embed.py tests/test_triton_mobius.py
        tests/test_triton_target_logprob.py tests/test_transform.py tests/test_engine_forward.py)
 TEST_FILTER="cuda or triton or gpu"
-STEPS=(build tests transform engine sparse_speed_embedding sparse_speed_attention)
 
 mkdir -p "$OUT"
 STATUS="$OUT/status.json"

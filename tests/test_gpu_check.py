@@ -34,10 +34,11 @@ def test_gpu_engine_benchmark_runs_and_both_paths_agree(tmp_path):
 def test_sparse_speed_benchmark_on_random_weights_agrees_with_full_forwards(tmp_path):
     """The GPU step's command on CPU, tiny: the engine, its flat path and Hugging Face forwards give the same v."""
     out = tmp_path / "speed.json"
+    prompt = ROOT / "benchmarks" / "data" / "sparse_speed_prompt.txt"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sparse_speed.py"), "--random-weights",
                            "--layers", "1", "--n", "8", "--budgets", "40", "--rounds", "2", "--sample", "8",
-                           "--hf-batch", "4", "--prompt-file", str(ROOT / "benchmarks" / "data" / "sparse_speed_prompt.txt"),
-                           "--chat-template", "--target", "The answer is", "--masking", "attention", "--out", str(out)],
+                           "--hf-batch", "4", "--prompt-file", str(prompt), "--chat-template",
+                           "--target", "The answer is", "--masking", "attention", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
